@@ -1,0 +1,1 @@
+// An empty translation unit: lets a library target exist before its folder has sources.
