@@ -1,0 +1,74 @@
+// CUDA kernels: the GPU backend of every op of engine/ops.h. Signatures mirror
+// kernels/cpu/cpu_ops.h exactly; engine/ops.cpp dispatches here for CUDA tensors.
+//
+// Inputs are CUDA tensors of f32, f16 or bf16 (ids: i32/i64), any strides unless an op says
+// otherwise (non-contiguous inputs are gathered first where a kernel needs rows); outputs are
+// contiguous, of the activation input's dtype; weights of another float dtype are cast on the
+// device per use; all math (sums, norms, softmax) is f32. Every kernel runs on the device's one
+// stream (runtime.h); nothing here synchronises the host.
+#pragma once
+
+#include "engine/ops.h"
+
+namespace sd3::cuda {
+
+using ops::Activation;
+using ops::AttentionOptions;
+using ops::Conv2dOptions;
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation act);
+Tensor matmul(const Tensor& a, const Tensor& b);
+
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& x, float s);
+Tensor add_scalar(const Tensor& x, float s);
+Tensor axpby(const Tensor& x, float a, const Tensor& y, float b);
+Tensor cast(const Tensor& x, DType dtype);
+Tensor contiguous(const Tensor& x);
+
+Tensor activation(const Tensor& x, Activation act);
+Tensor softmax(const Tensor& x);
+
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps);
+Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps);
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias,
+                  float eps);
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt);
+
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dOptions& opt);
+Tensor upsample_nearest2x(const Tensor& x);
+Tensor pad2d(const Tensor& x, int64_t left, int64_t right, int64_t top, int64_t bottom,
+             float value);
+
+Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
+Tensor embedding(const Tensor& ids, const Tensor& table);
+
+Tensor adaln_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps);
+Tensor gated_add(const Tensor& x, const Tensor& gate, const Tensor& y);
+Tensor groupnorm_silu(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias,
+                      float eps);
+Tensor timestep_embedding(const Tensor& t, int64_t dim, float max_period);
+Tensor patchify(const Tensor& x, int64_t p);
+Tensor unpatchify(const Tensor& x, int64_t h, int64_t w, int64_t p, int64_t c);
+Tensor cfg_euler_step(const Tensor& x, const Tensor& v_cond, const Tensor& v_uncond, float s,
+                      float sigma, float sigma_next);
+
+// ---- entry points beyond the op API (benchmarks, tests, SD3.5 models) --------------------
+
+// The fused attention kernel with RMSNorm applied to q and k per head first (SD3.5's
+// qk-norm): q_h <- rms_norm(q_h, q_weight, eps), likewise k; weights [D] (any float dtype).
+Tensor attention_qk_norm(const Tensor& q, const Tensor& k, const Tensor& v,
+                         const AttentionOptions& opt, const Tensor& q_weight,
+                         const Tensor& k_weight, float eps);
+// The reference path of attention (batched cuBLAS products, a masked softmax kernel, chunked
+// over queries so no more than ~256 MiB of scores exist at once). It serves f32 inputs and
+// head dims the flash kernel does not take (e.g. the VAE's single 512-wide head).
+Tensor attention_gemm(const Tensor& q, const Tensor& k, const Tensor& v,
+                      const AttentionOptions& opt);
+// True when attention() takes the flash kernel for these inputs (else attention_gemm).
+bool flash_attention_supported(const Tensor& q, const AttentionOptions& opt);
+
+}  // namespace sd3::cuda
