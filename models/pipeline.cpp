@@ -1,0 +1,294 @@
+#include "models/pipeline.h"
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "models/clip.h"
+#include "models/conditioning.h"
+#include "models/mmdit.h"
+#include "models/noise.h"
+#include "models/t5.h"
+#include "models/vae.h"
+#include "tokenizers/sd3_tokenizer.h"
+
+namespace sd3::models {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Measures one stage and reports its start and end to the progress callback.
+class StageTimer {
+ public:
+  StageTimer(const char* name, const ProgressFn& progress, std::vector<StageTiming>& timings)
+      : name_(name), progress_(progress), timings_(timings), t0_(Clock::now()) {
+    report(0, 0);
+  }
+  ~StageTimer() { timings_.push_back({name_, seconds_since(t0_)}); }
+  void report(int step, int total) {
+    if (progress_ && !progress_(Progress{name_, step, total, seconds_since(t0_)}))
+      throw GenerationCancelled();
+  }
+
+ private:
+  std::string name_;
+  const ProgressFn& progress_;
+  std::vector<StageTiming>& timings_;
+  Clock::time_point t0_;
+};
+
+}  // namespace
+
+void check_image_size(int64_t value, const char* what) {
+  SD3_CHECK(value > 0 && value % 16 == 0, what, " ", value,
+            " is not a positive multiple of 16 (the VAE downsamples 8x and the MM-DiT patches 2x2)");
+  SD3_CHECK(value <= 16384, what, " ", value, " is larger than 16384");
+}
+
+struct Pipeline::State {
+  PipelineOptions options;
+  ModelFiles files;
+  SamplerDefaults defaults;
+  std::string arch;
+  std::vector<std::string> warnings;
+  std::unique_ptr<tok::Sd3Tokenizer> tokenizer;
+
+  // Loaded lazily and kept between generations unless freed.
+  std::unique_ptr<ClipTextModel> clip_l, clip_g;
+  std::unique_ptr<T5Encoder> t5;
+  std::unique_ptr<MMDiT> mmdit;
+  std::unique_ptr<Vae> vae;
+  bool vae_has_encoder = false;
+};
+
+Pipeline::Pipeline(std::unique_ptr<State> state) : s_(std::move(state)) {}
+Pipeline::~Pipeline() = default;
+
+const ModelFiles& Pipeline::files() const { return s_->files; }
+const SamplerDefaults& Pipeline::defaults() const { return s_->defaults; }
+const std::string& Pipeline::mmdit_arch() const { return s_->arch; }
+const std::vector<std::string>& Pipeline::warnings() const { return s_->warnings; }
+
+std::unique_ptr<Pipeline> Pipeline::open(const PipelineOptions& options) {
+  auto s = std::make_unique<State>();
+  s->options = options;
+  s->files = ModelFiles::open(options.paths);
+  s->warnings = s->files.warnings();
+  const Component& mmdit = s->files.require(ComponentKind::MMDiT);
+  s->files.require(ComponentKind::Vae);
+  s->files.require(ComponentKind::ClipL);
+  s->files.require(ComponentKind::ClipG);
+  if (options.use_t5 && !s->files.find(ComponentKind::T5)) {
+    s->options.use_t5 = false;
+    s->warnings.push_back(
+        "no T5-XXL found (give it with --t5xxl); running without T5 (zeros in its place), which "
+        "lowers prompt adherence");
+  }
+  for (ComponentKind k : {ComponentKind::MMDiT, ComponentKind::Vae, ComponentKind::ClipL,
+                          ComponentKind::ClipG, ComponentKind::T5}) {
+    const Component* c = s->files.find(k);
+    if (c && !c->problems.empty())
+      fail("cannot use ", c->describe(), ": ", c->problems.front(),
+           c->problems.size() > 1 ? str_cat(" (and ", c->problems.size() - 1, " more)") : "");
+  }
+  s->arch = mmdit.arch;
+  s->defaults = defaults_for(s->arch, options.preset);
+
+  // Tokenizer files: the flags, else beside the MM-DiT's file (a Hugging Face layout).
+  const std::string anchor = mmdit.weights.files().empty()
+                                 ? std::string()
+                                 : mmdit.weights.files().front()->path();
+  tok::TokenizerFiles tf = tok::find_tokenizer_files(anchor, options.clip_vocab, options.t5_model);
+  s->tokenizer =
+      std::make_unique<tok::Sd3Tokenizer>(tok::Sd3Tokenizer::load(tf.clip_vocab, tf.t5_model));
+  return std::unique_ptr<Pipeline>(new Pipeline(std::move(s)));
+}
+
+namespace {
+
+// Peak resident memory of the process in bytes (Linux reports kilobytes).
+size_t peak_rss_bytes() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<size_t>(ru.ru_maxrss) * 1024;
+}
+
+}  // namespace
+
+GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn& progress) {
+  State& s = *s_;
+  const Device dev = s.options.device;
+  GenerateResult result;
+  ResolvedParams& rp = result.params;
+
+  // ---- resolve parameters ----------------------------------------------------------------
+  rp.prompt = params.prompt;
+  rp.negative_prompt = params.negative_prompt;
+  rp.width = params.width ? params.width : 1024;
+  rp.height = params.height ? params.height : 1024;
+  check_image_size(rp.width, "width");
+  check_image_size(rp.height, "height");
+  rp.steps = params.steps.value_or(s.defaults.steps);
+  SD3_CHECK(rp.steps >= 1 && rp.steps <= 10000, "steps ", rp.steps, " is not in 1..10000");
+  rp.cfg_scale = params.cfg_scale.value_or(s.defaults.cfg_scale);
+  SD3_CHECK(std::isfinite(rp.cfg_scale), "cfg scale is not a finite number");
+  rp.shift = params.shift.value_or(s.defaults.shift);
+  SD3_CHECK(std::isfinite(rp.shift) && rp.shift > 0, "shift ", rp.shift, " must be positive");
+  rp.sampler = params.sampler.value_or(s.defaults.sampler);
+  rp.seed = params.seed;
+  rp.slg = s.defaults.slg;
+  if (params.slg_scale) rp.slg.scale = *params.slg_scale;
+  if (params.skip_layers) rp.slg.layers = *params.skip_layers;
+  if (params.slg_start) rp.slg.start = *params.slg_start;
+  if (params.slg_end) rp.slg.end = *params.slg_end;
+  rp.img2img = params.init_image.has_value();
+  rp.strength = rp.img2img ? params.strength : 1.0;
+  if (rp.img2img) {
+    SD3_CHECK(params.strength > 0.0 && params.strength <= 1.0, "strength ", params.strength,
+              " is not in (0, 1]");
+    SD3_CHECK(params.init_image->width == rp.width && params.init_image->height == rp.height,
+              "init image is ", params.init_image->width, "x", params.init_image->height,
+              " but the output size is ", rp.width, "x", rp.height,
+              " (give -W/-H equal to the image size)");
+  }
+  rp.mmdit_arch = s.arch;
+  rp.preset = s.defaults.preset;
+  const MMDiTConfig& mcfg = s.files.require(ComponentKind::MMDiT).mmdit();
+  const int64_t h = rp.height / 8, w = rp.width / 8;
+  const int64_t max_latent = mcfg.pos_embed_max_size * mcfg.patch_size;
+  SD3_CHECK(h <= max_latent && w <= max_latent, "size ", rp.width, "x", rp.height,
+            " needs a ", w / mcfg.patch_size, "x", h / mcfg.patch_size,
+            " patch grid but this model's position table covers ", mcfg.pos_embed_max_size, "x",
+            mcfg.pos_embed_max_size, " (at most ", max_latent * 8, " pixels a side)");
+  if (rp.slg.enabled()) {
+    for (int layer : rp.slg.layers)
+      SD3_CHECK(layer >= 0 && layer < mcfg.depth, "skip layer ", layer,
+                " is not a joint block of this model (0..", mcfg.depth - 1, ")");
+  }
+
+  // ---- text conditioning -----------------------------------------------------------------
+  Sd3Conditioning cond, uncond;
+  {
+    StageTimer t("load_text", progress, result.timings);
+    if (!s.clip_l)
+      s.clip_l = std::make_unique<ClipTextModel>(
+          ClipTextModel::load(s.files.require(ComponentKind::ClipL).weights, dev));
+    if (!s.clip_g)
+      s.clip_g = std::make_unique<ClipTextModel>(
+          ClipTextModel::load(s.files.require(ComponentKind::ClipG).weights, dev));
+    if (s.options.use_t5 && !s.t5)
+      s.t5 = std::make_unique<T5Encoder>(
+          T5Encoder::load(s.files.require(ComponentKind::T5).weights, dev));
+  }
+  {
+    StageTimer t("encode", progress, result.timings);
+    Sd3TextEncoders enc{s.clip_l.get(), s.clip_g.get(), s.t5.get()};
+    Sd3ConditioningOptions copt;
+    copt.context_width = mcfg.context_in_features;
+    auto encode = [&](const std::string& text) {
+      tok::Sd3Tokens tk = s.tokenizer->tokenize(text);
+      Sd3PromptTokens pt;
+      pt.clip_l = tk.clip_l;
+      pt.clip_g = tk.clip_g;
+      if (s.options.use_t5) pt.t5 = tk.t5;
+      return sd3_conditioning(pt, enc, copt);
+    };
+    cond = encode(rp.prompt);
+    uncond = encode(rp.negative_prompt);
+  }
+  if (s.options.free_encoders) {
+    s.clip_l.reset();
+    s.clip_g.reset();
+    s.t5.reset();
+  }
+
+  // ---- initial latent --------------------------------------------------------------------
+  TorchGenerator gen(rp.seed);
+  FlowSchedule schedule{rp.shift};
+  std::vector<float> sigmas = schedule.sigmas(rp.steps);
+  // The sampling noise is torch.manual_seed(seed); torch.randn(...) as in the reference.
+  Tensor noise = gen.randn({1, mcfg.in_channels, h, w}).to(dev);
+  Tensor latent;  // img2img start latent (process_in'ed), undefined for txt2img
+  if (rp.img2img) {
+    StageTimer t("encode_image", progress, result.timings);
+    if (!s.vae || !s.vae_has_encoder) {
+      s.vae = std::make_unique<Vae>(Vae::load(s.files.require(ComponentKind::Vae).weights, dev));
+      s.vae_has_encoder = true;
+    }
+    Tensor image = images_to_tensor({*params.init_image}, dev);
+    const int64_t z = s.vae->config().z_channels;
+    // The reference draws the VAE's reparameterisation noise from torch's global generator in
+    // whatever state it is in (not reproducible); here it continues the seeded stream after
+    // the sampling noise, so a seed fixes the whole img2img result.
+    Tensor vae_noise = gen.randn({1, z, h, w}).to(dev);
+    latent = sd3_latent_process_in(s.vae->encode(image, vae_noise));
+    sigmas = truncate_sigmas(sigmas, rp.steps, rp.strength);
+    SD3_CHECK(sigmas.size() >= 2, "strength ", rp.strength, " leaves no sampling step of ",
+              rp.steps, " (raise --strength or --steps)");
+  }
+  Tensor x0 = noise_scaling(sigmas[0], noise, latent);
+
+  // ---- sampling --------------------------------------------------------------------------
+  {
+    StageTimer t("load_mmdit", progress, result.timings);
+    if (!s.mmdit)
+      s.mmdit = std::make_unique<MMDiT>(
+          MMDiT::load(s.files.require(ComponentKind::MMDiT).weights, dev));
+  }
+  Tensor final_latent;
+  {
+    StageTimer t("sample", progress, result.timings);
+    const MMDiT& model = *s.mmdit;
+    DiffusionModel fn = [&model](const Tensor& x, const Tensor& ts, const Tensor& ctx,
+                                 const Tensor& y, const std::vector<int>& skip) {
+      MMDiTForwardOptions fo;
+      fo.skip_layers.assign(skip.begin(), skip.end());
+      return model.forward(x, ts, y, ctx, fo);
+    };
+    GuidanceInputs gi;
+    gi.context_cond = cond.context.to(dev);
+    gi.y_cond = cond.pooled.to(dev);
+    gi.context_uncond = uncond.context.to(dev);
+    gi.y_uncond = uncond.pooled.to(dev);
+    SamplerOptions so;
+    so.sampler = rp.sampler;
+    so.cfg_scale = rp.cfg_scale;
+    so.slg = rp.slg;
+    so.total_steps = rp.steps;
+    const int total = static_cast<int>(sigmas.size()) - 1;
+    StepCallback on_step = [&](int step, int, float) {
+      t.report(step, total);
+      return true;
+    };
+    final_latent = sample(fn, x0, sigmas, gi, so, on_step);
+    t.report(total, total);
+  }
+
+  // ---- decode ----------------------------------------------------------------------------
+  {
+    StageTimer t("load_vae", progress, result.timings);
+    if (!s.vae) {
+      VaeLoadOptions vo;
+      vo.encoder = false;
+      s.vae = std::make_unique<Vae>(
+          Vae::load(s.files.require(ComponentKind::Vae).weights, dev, vo));
+      s.vae_has_encoder = false;
+    }
+  }
+  {
+    StageTimer t("decode", progress, result.timings);
+    Tensor decoded = s.vae->decode(sd3_latent_process_out(final_latent));
+    result.image = decoded_to_images(decoded).at(0);
+  }
+  result.peak_host_bytes = peak_rss_bytes();
+  if (dev.is_cuda()) result.peak_device_bytes = memory_stats(DeviceType::CUDA).peak;
+  return result;
+}
+
+}  // namespace sd3::models
