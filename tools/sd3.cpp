@@ -222,6 +222,12 @@ Args parse_args(int argc, char** argv) {
   if (a.output.empty()) die("--output is empty");
   if (a.output.size() < 4 || a.output.compare(a.output.size() - 4, 4, ".png") != 0)
     die("--output '" + a.output + "' must end in .png");
+  // Fail before any work when the output cannot be written.
+  const size_t slash = a.output.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : a.output.substr(0, slash + 1);
+  if (access(dir.c_str(), W_OK) != 0)
+    die("--output '" + a.output + "': directory '" + dir + "' " +
+        (errno == ENOENT ? "does not exist" : "is not writable"));
   return a;
 }
 
