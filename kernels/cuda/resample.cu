@@ -1,6 +1,6 @@
 // Image resampling and padding for the VAE ([B, C, H, W], any float dtype):
 //   upsample_nearest2x: out[b, c, y, x] = in[b, c, y/2, x/2]
-//   pad2d:              out = in shifted by (top, left), `value` outside; negative pads crop.
+//   pad2d:              out = in shifted by (top, left), `value` outside (pads >= 0).
 // Bytes: one read of the input and one write of the output. One thread per output element.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
@@ -63,9 +63,9 @@ Tensor pad2d(const Tensor& x_in, int64_t left, int64_t right, int64_t top, int64
   SD3_CHECK(x_in.dim() >= 2, "pad2d: x ", x_in.str(), " needs at least 2 dimensions");
   Tensor x = contiguous(x_in);
   const int64_t H = x.size(-2), W = x.size(-1);
+  SD3_CHECK(left >= 0 && right >= 0 && top >= 0 && bottom >= 0, "pad2d: negative padding (",
+            left, ", ", right, ", ", top, ", ", bottom, ") of ", x.str());
   const int64_t Ho = H + top + bottom, Wo = W + left + right;
-  SD3_CHECK(Ho >= 0 && Wo >= 0, "pad2d: padding (", left, ", ", right, ", ", top, ", ", bottom,
-            ") leaves a negative size for ", x.str());
   Shape shape = x.shape();
   shape[shape.size() - 2] = Ho;
   shape[shape.size() - 1] = Wo;

@@ -11,6 +11,8 @@
 // destroyed: tearing it down from static destructors races the driver's own shutdown.
 #include "kernels/cuda/runtime.h"
 
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -152,7 +154,17 @@ int device_of(const void* p) {
   return attr.device;
 }
 
+std::atomic<bool>& poison_flag() {
+  static std::atomic<bool> f{[] {
+    const char* e = std::getenv("SD3_CUDA_POISON");
+    return e && e[0] == '1';
+  }()};
+  return f;
+}
+
 }  // namespace
+
+void set_alloc_poison(bool on) { poison_flag().store(on); }
 
 bool runtime_available() {
   return availability().ok;
@@ -234,6 +246,10 @@ void* alloc(int device, size_t bytes) {
     }
     s.reserved += size;
     note_stats(0, static_cast<long long>(size));
+  }
+  if (poison_flag().load()) {
+    SD3_CUDA_CHECK(cudaSetDevice(device));
+    SD3_CUDA_CHECK(cudaMemsetAsync(p, 0xFF, block, s.stream));
   }
   s.live.emplace(p, block);
   s.current += block;

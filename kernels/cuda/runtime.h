@@ -24,6 +24,10 @@ void* alloc(int device, size_t bytes);
 void free(int device, void* p, size_t bytes);
 // Returns every cached free block to the driver (cudaFree); live blocks are untouched.
 void empty_cache();
+// Debugging and tests: when on, every block alloc() hands out is first filled with 0xFF bytes
+// (NaN in f32, f16 and bf16), so an output element a kernel forgets to write shows as NaN.
+// Also switched on by the environment variable SD3_CUDA_POISON=1.
+void set_alloc_poison(bool on);
 
 // Copies between host and device memory (or device to device). Host->device goes through
 // pinned staging buffers and returns without waiting for the device; device->host waits.

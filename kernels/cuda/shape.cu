@@ -4,8 +4,9 @@
 // concat: out viewed as [outer, total * inner]; input i fills columns [off_i, off_i + n_i)
 //   of every outer row: one cudaMemcpy2DAsync per input. Bytes: read + write of every input.
 // embedding: out[b, l, :] = table[ids[b, l], :]. Bytes: B L C reads of the table and writes.
-//   An id outside [0, V) cannot be reported from the device without a synchronisation; its row
-//   is written as NaN so the error shows instead of reading out of bounds.
+//   The ids (a prompt's tokens: tiny) are checked on the host first, as the CPU op does, so an
+//   id outside [0, V) is an error naming it; the kernel still writes NaN rather than read out
+//   of bounds should one slip through.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
@@ -72,6 +73,10 @@ Tensor embedding(const Tensor& ids_in, const Tensor& table_in) {
   Tensor ids = contiguous(ids_in);
   Tensor table = contiguous(table_in);
   const int64_t V = table.size(0), C = table.size(1);
+  const std::vector<int64_t> idv = ids.to_ints();  // synchronises: a once-per-prompt op
+  for (size_t i = 0; i < idv.size(); ++i)
+    SD3_CHECK(idv[i] >= 0 && idv[i] < V, "embedding: id ", idv[i], " at position ", i,
+              " of ids ", ids.str(), " out of range for a table of ", V, " rows");
   Shape shape = ids.shape();
   shape.push_back(C);
   Tensor out = Tensor::empty(shape, table.dtype(), table.device());

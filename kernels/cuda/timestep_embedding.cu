@@ -12,7 +12,7 @@ namespace sd3::cuda {
 
 namespace {
 __global__ void timestep_embedding_kernel(float* __restrict__ out, AnyPtr t, int B, int dim,
-                                          float log_period) {
+                                          float neg_log_period) {
   const int half = dim / 2;
   const int64_t n = static_cast<int64_t>(B) * dim;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -21,7 +21,8 @@ __global__ void timestep_embedding_kernel(float* __restrict__ out, AnyPtr t, int
     float v = 0.0f;
     if (j < 2 * half) {
       const int k = j < half ? j : j - half;
-      const float f = expf(-log_period * static_cast<float>(k) / static_cast<float>(half));
+      // The reference's f32 roundings: f32(-ln P) * i, / half, exp, then t * freq.
+      const float f = expf(neg_log_period * static_cast<float>(k) / static_cast<float>(half));
       const float arg = t[b] * f;
       v = j < half ? cosf(arg) : sinf(arg);
     }
@@ -43,7 +44,7 @@ Tensor timestep_embedding(const Tensor& t_in, int64_t dim, float max_period) {
   cudaStream_t st = stream_for(t);
   timestep_embedding_kernel<<<grid_for(out.numel(), 256), 256, 0, st>>>(
       static_cast<float*>(out.raw_data()), any_ptr(t), static_cast<int>(B), static_cast<int>(dim),
-      std::log(max_period));
+      static_cast<float>(-std::log(static_cast<double>(max_period))));
   SD3_LAUNCH_CHECK("timestep_embedding_kernel");
   return out;
 }
