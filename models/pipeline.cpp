@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 
@@ -98,7 +99,17 @@ std::unique_ptr<Pipeline> Pipeline::open(const PipelineOptions& options) {
            c->problems.size() > 1 ? str_cat(" (and ", c->problems.size() - 1, " more)") : "");
   }
   s->arch = mmdit.arch;
-  s->defaults = defaults_for(s->arch, options.preset);
+  // SD3.5-large-turbo has exactly the keys of SD3.5-large: without a preset, its file name
+  // (sd3.5_large_turbo.safetensors) is the only thing that tells them apart.
+  std::string preset = options.preset;
+  if (preset.empty() && s->arch == kArchSd35LargeMMDiT) {
+    for (const auto& f : mmdit.weights.files()) {
+      std::string name = f->path().substr(f->path().find_last_of('/') + 1);
+      for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      if (name.find("turbo") != std::string::npos) preset = "sd35_large_turbo";
+    }
+  }
+  s->defaults = defaults_for(s->arch, preset);
 
   // Tokenizer files: the flags, else beside the MM-DiT's file (a Hugging Face layout).
   const std::string anchor = mmdit.weights.files().empty()
@@ -142,8 +153,10 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
   SD3_CHECK(std::isfinite(rp.shift) && rp.shift > 0, "shift ", rp.shift, " must be positive");
   rp.sampler = params.sampler.value_or(s.defaults.sampler);
   rp.seed = params.seed;
+  // Skip-layer guidance is off unless asked for, as in the reference (--skip_layer_cfg);
+  // asking with a scale alone takes the preset's layers and window.
   rp.slg = s.defaults.slg;
-  if (params.slg_scale) rp.slg.scale = *params.slg_scale;
+  rp.slg.scale = params.slg_scale.value_or(0.0f);
   if (params.skip_layers) rp.slg.layers = *params.skip_layers;
   if (params.slg_start) rp.slg.start = *params.slg_start;
   if (params.slg_end) rp.slg.end = *params.slg_end;
