@@ -394,4 +394,89 @@ void write_safetensors(const std::string& path,
   file.commit();
 }
 
+// ---- streaming writer ---------------------------------------------------------------------
+
+uint64_t SafetensorsWriter::Entry::nbytes() const {
+  return static_cast<uint64_t>(shape_numel(shape)) * st_dtype_size(dtype);
+}
+
+SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<Entry> entries,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(path), entries_(std::move(entries)) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!metadata.empty()) {
+    nlohmann::json m = nlohmann::json::object();
+    for (const auto& [k, v] : metadata) m[k] = v;
+    header["__metadata__"] = m;
+  }
+  uint64_t offset = 0;
+  for (const auto& e : entries_) {
+    SD3_CHECK(e.key != "__metadata__" && !e.key.empty(), "invalid tensor name '", e.key,
+              "' for '", path, "'");
+    SD3_CHECK(!header.contains(e.key), "duplicate tensor name '", e.key, "' for '", path, "'");
+    for (int64_t d : e.shape)
+      SD3_CHECK(d >= 0, "tensor '", e.key, "' for '", path, "' has a negative dimension in ",
+                shape_str(e.shape));
+    nlohmann::json j;
+    j["dtype"] = st_dtype_name(e.dtype);
+    j["shape"] = e.shape;
+    j["data_offsets"] = {offset, offset + e.nbytes()};
+    header[e.key] = j;
+    offset += e.nbytes();
+  }
+  std::string json = header.dump();
+  while ((json.size() + 8) % 8 != 0) json.push_back(' ');
+  file_ = std::make_unique<AtomicFile>(path);
+  char len[8];
+  const uint64_t n = json.size();
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  file_->write(len, 8);
+  file_->write(json.data(), json.size());
+}
+
+SafetensorsWriter::~SafetensorsWriter() = default;
+
+void SafetensorsWriter::begin(const std::string& key) {
+  SD3_CHECK(file_ != nullptr, "writing tensor '", key, "' to '", path_, "' after commit");
+  SD3_CHECK(remaining_ == 0, "tensor '", entries_[next_ - 1].key, "' for '", path_, "' is ",
+            remaining_, " bytes short when '", key, "' begins");
+  SD3_CHECK(next_ < entries_.size(), "tensor '", key, "' for '", path_,
+            "' was not declared (all declared tensors are written)");
+  SD3_CHECK(entries_[next_].key == key, "tensor '", key, "' for '", path_,
+            "' written out of order: expected '", entries_[next_].key, "'");
+  remaining_ = entries_[next_].nbytes();
+  ++next_;
+}
+
+void SafetensorsWriter::append(const void* data, size_t n) {
+  SD3_CHECK(file_ != nullptr, "writing to '", path_, "' after commit");
+  SD3_CHECK(next_ > 0 && n <= remaining_, "too many bytes for tensor '",
+            next_ > 0 ? entries_[next_ - 1].key : std::string("(none begun)"), "' of '", path_,
+            "'");
+  file_->write(data, n);
+  remaining_ -= n;
+}
+
+void SafetensorsWriter::write(const std::string& key, const Tensor& tensor) {
+  begin(key);
+  const Entry& e = entries_[next_ - 1];
+  static const StDType kStored[] = {StDType::F32, StDType::F16, StDType::BF16, StDType::I32,
+                                    StDType::I64};
+  SD3_CHECK(kStored[static_cast<int>(tensor.dtype())] == e.dtype && tensor.shape() == e.shape,
+            "tensor '", key, "' for '", path_, "' is ", tensor.str(), ", declared ",
+            st_dtype_name(e.dtype), " ", shape_str(e.shape));
+  Tensor host = tensor.to(Device::cpu()).contiguous();
+  append(host.raw_data(), host.nbytes());
+}
+
+void SafetensorsWriter::commit() {
+  SD3_CHECK(file_ != nullptr, "commit of '", path_, "' twice");
+  SD3_CHECK(remaining_ == 0 && next_ == entries_.size(), "'", path_, "' is incomplete: ",
+            entries_.size() - next_, " declared tensors not written",
+            remaining_ ? str_cat(", '", entries_[next_ - 1].key, "' ", remaining_, " bytes short")
+                       : std::string());
+  file_->commit();
+  file_.reset();
+}
+
 }  // namespace sd3

@@ -82,6 +82,46 @@ void write_safetensors(const std::string& path,
                        const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
+class AtomicFile;
+
+// Writes a safetensors file tensor by tensor, so files larger than memory (SD3.5-large is
+// ~16 GB in f16) can be produced: every tensor is declared up front (key, stored dtype, shape),
+// the header is written, then each tensor's bytes follow in the declared order, in as many
+// pieces as the caller likes. Atomic like write_safetensors: nothing appears at `path` unless
+// commit() succeeds after every declared byte was written.
+class SafetensorsWriter {
+ public:
+  struct Entry {
+    std::string key;
+    StDType dtype;
+    Shape shape;
+    uint64_t nbytes() const;
+  };
+  SafetensorsWriter(const std::string& path, std::vector<Entry> entries,
+                    const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
+  // The declared tensors, in the order their bytes must be written.
+  const std::vector<Entry>& entries() const { return entries_; }
+  // Starts the next tensor; `key` must be the next declared key (the previous one complete).
+  void begin(const std::string& key);
+  // Appends bytes of the current tensor; more than it holds is an error.
+  void append(const void* data, size_t n);
+  // begin(key) + all of `tensor`'s bytes; its dtype must be the declared one.
+  void write(const std::string& key, const Tensor& tensor);
+  // Checks every tensor was written in full, then renames the file into place.
+  void commit();
+
+ private:
+  std::string path_;
+  std::vector<Entry> entries_;
+  std::unique_ptr<AtomicFile> file_;
+  size_t next_ = 0;         // index of the next entry to begin
+  uint64_t remaining_ = 0;  // bytes still owed to the current entry
+};
+
 // A file written atomically: bytes go to a temporary file in the same directory, and
 // commit() renames it onto the target; destroyed without commit, the temporary is removed,
 // so a failed or interrupted write never leaves a half-written target.
