@@ -211,10 +211,11 @@ ClipTextModel ClipTextModel::load(const WeightStore& w, const ClipConfig& cfg, D
   return m;
 }
 
-// token_embedding[ids] + position_embedding[0..L).
+// token_embedding[ids] + position_embedding[0..L), in f32 on every device: the reference runs
+// the text encoders in float32, and they cost little next to the MM-DiT.
 Tensor ClipTextModel::embed(const Tensor& ids) const {
   const int64_t L = ids.size(1);
-  Tensor tokens = ops::embedding(ids, token_embedding_);  // [B, L, C]
+  Tensor tokens = ops::cast(ops::embedding(ids, token_embedding_), DType::F32);  // [B, L, C]
   return ops::add(tokens, position_embedding_.slice(0, 0, L));
 }
 

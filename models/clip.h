@@ -78,7 +78,8 @@ class ClipTextModel {
   static ClipTextModel load(const WeightStore& w, const ClipConfig& cfg,
                             Device device = Device::cpu());
 
-  // tokens [B, L] (i32/i64, any device, L <= max_positions) -> hidden states and pooled.
+  // tokens [B, L] (i32/i64, any device, L <= max_positions) -> hidden states and pooled,
+  // f32 whatever the weight dtype.
   ClipOutput forward(const Tensor& tokens, const ClipForwardOptions& opt = {}) const;
 
   const ClipConfig& config() const { return cfg_; }

@@ -10,6 +10,8 @@
 
 #include "common/golden.h"
 #include "common/test_data.h"
+#include "engine/ops.h"
+#include "engine/safetensors.h"
 #include "engine/weights.h"
 #include "model/text_golden_util.h"
 
@@ -98,6 +100,35 @@ TEST(T5Model, EitherEmbeddingKey) {
     EXPECT_TRUE(w.unexpected(models::t5_weight_specs(one)).empty());
     EXPECT_TRUE(test::all_close(T5Encoder::load(w).forward(tokens), ref, 0.0, "t5 " + drop));
   }
+}
+
+// T5-XXL's residual stream exceeds the fp16 range; with f16 weights the activations must
+// still be f32. Scaling the FF output weights (still representable in f16) pushes the tiny
+// model's residual stream past 65504 and the output must stay finite.
+TEST(T5Model, FiniteBeyondFp16Range) {
+  const auto cases = test::cases_of_kind("t5");
+  const test::GoldenCase& c = cases[0];
+  WeightStore full = WeightStore::open({test::checkpoint_file(c.checkpoint)});
+  const T5Config cfg = models::t5_config_from_weights(full);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const WeightSpec& s : models::t5_weight_specs(cfg)) {
+    Tensor t = full.get(s.key, DType::F32);
+    if (s.key.find("DenseReluDense.wo") != std::string::npos) t = ops::scale(t, 3.0e4f);
+    tensors.emplace_back(s.key, t.to(DType::F16));
+  }
+  const std::string path = test::temp_dir() + "/t5_f16_large.safetensors";
+  write_safetensors(path, tensors);
+  WeightStore w = WeightStore::open({path});
+  ASSERT_EQ(w.get("encoder.block.0.layer.1.DenseReluDense.wo.weight").dtype(), DType::F16);
+
+  T5Trace trace;
+  const Tensor out = T5Encoder::load(w).forward(test::golden_input(c, "tokens"), {&trace});
+  EXPECT_EQ(out.dtype(), DType::F32);
+  float residual_max = 0.0f;
+  for (float v : trace.blocks.back().to_floats())
+    residual_max = std::fmax(residual_max, std::fabs(v));
+  EXPECT_GT(residual_max, 65504.0f) << "the test no longer exceeds the fp16 range";
+  for (float v : out.to_floats()) ASSERT_TRUE(std::isfinite(v));
 }
 
 TEST(T5Model, NotT5) {
