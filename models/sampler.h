@@ -91,8 +91,10 @@ using DiffusionModel =
     std::function<Tensor(const Tensor& x, const Tensor& timestep, const Tensor& context,
                          const Tensor& y, const std::vector<int>& skip_layers)>;
 
-// Called before each step with the step index (0-based), the number of steps and the step's
-// sigma; returning false cancels sampling (sample() then throws SamplingCancelled).
+// Called after each step has finished, with that step's index (0-based, so step + 1 steps are
+// done), the number of steps and the sigma the step started from. Returning false cancels:
+// no further model call is made and sample() throws SamplingCancelled (after the last step
+// there is nothing left to cancel and the result is returned).
 using StepCallback = std::function<bool(int step, int total, float sigma)>;
 
 // Thrown when the step callback asks to stop.
