@@ -1,0 +1,195 @@
+// Private helpers of the CPU kernels: argument checks, f32 staging of inputs and outputs,
+// fast dtype conversion of rows, a strided copy, and the broadcasting elementwise driver.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "engine/ops.h"
+#include "engine/tensor.h"
+
+namespace sd3::cpu::detail {
+
+// ---- argument checks ----------------------------------------------------------------------
+
+// Throws unless t is defined and has a float dtype (f32, f16, bf16).
+void check_float(const Tensor& t, const char* op, const char* name);
+// Same, but an undefined tensor is allowed (optional weight or bias).
+void check_optional_float(const Tensor& t, const char* op, const char* name);
+// Throws unless t is undefined or a vector of n elements (weight/bias of n channels).
+void check_vector(const Tensor& t, int64_t n, const char* op, const char* name);
+
+// ---- conversion ---------------------------------------------------------------------------
+
+// n elements of dtype `dtype` (float) at src -> f32, vectorised (F16C when the CPU has it).
+void to_f32(const void* src, DType dtype, float* dst, int64_t n);
+// n f32 -> float dtype `dtype`, round to nearest even.
+void from_f32(const float* src, void* dst, DType dtype, int64_t n);
+// Same, for strided elements of a float dtype (stride in elements; 0 broadcasts one value).
+void to_f32_strided(const void* src, DType dtype, int64_t stride, float* dst, int64_t n);
+
+// t as a contiguous f32 tensor: t itself when it already is one, else a converted copy.
+Tensor as_f32(const Tensor& t);
+// t [..., cols] as a row-major matrix of f32 rows with unit column stride and one row stride
+// (ld >= cols), so BLAS can read it in place: no copy for f32 tensors whose leading
+// dimensions collapse (contiguous tensors and slices along the last dimension).
+struct RowsF32 {
+  const float* data = nullptr;
+  int64_t rows = 0, cols = 0, ld = 0;
+  Tensor keep;  // owns a converted copy when one was needed
+};
+RowsF32 rows_f32(const Tensor& t);
+
+// A float vector (weight/bias [n]) as contiguous f32 values; empty when t is undefined.
+std::vector<float> vector_f32(const Tensor& t);
+
+// An output of `shape` and float `dtype` computed in f32: ptr() is the output itself when
+// dtype is f32, else an f32 staging buffer converted by finish().
+class OutF32 {
+ public:
+  OutF32(const Shape& shape, DType dtype);
+  float* ptr() { return ptr_; }
+  Tensor finish();
+
+ private:
+  Tensor out_, stage_;
+  float* ptr_ = nullptr;
+};
+
+// ---- copies -------------------------------------------------------------------------------
+
+// Copies src into dst (same shape, any dtypes, any strides; dst may be a view of a larger
+// tensor). Dimensions are coalesced and rows copied in parallel.
+void copy_strided(const Tensor& src, const Tensor& dst);
+
+// ---- threading ----------------------------------------------------------------------------
+
+// Inside a region where OpenMP threads each call sgemm, OpenBLAS must run single-threaded
+// or the calls oversubscribe the cores (and, with the pthreads build, serialise on its
+// server lock). Sets OpenBLAS to one thread for the guard's lifetime.
+class BlasSingleThread {
+ public:
+  BlasSingleThread();
+  ~BlasSingleThread();
+  BlasSingleThread(const BlasSingleThread&) = delete;
+  BlasSingleThread& operator=(const BlasSingleThread&) = delete;
+
+ private:
+  int saved_;
+};
+
+// Below this many elements an elementwise loop stays on one thread.
+constexpr int64_t kParallelGrain = 1 << 15;
+
+// ---- row kernels shared by several ops (activation.cpp) ------------------------------------
+
+// y[i] = act(x[i]) for n elements (y may equal x).
+void activation_row(float* y, const float* x, int64_t n, ops::Activation act);
+// y[i] = act(y[i] + bias[i]) in place; bias may be null.
+void bias_activation_row(float* y, const float* bias, int64_t n, ops::Activation act);
+// Softmax of n values, x -> y (may alias). Returns nothing; a row of all -inf gives NaN.
+void softmax_row(float* y, const float* x, int64_t n);
+
+// ---- broadcasting -------------------------------------------------------------------------
+
+// numpy broadcast of two shapes; throws naming op and both shapes when incompatible.
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
+
+// Elements per chunk handed to a row function; fixed so results do not depend on threads.
+constexpr int64_t kMapChunk = 4096;
+constexpr int kMaxMapInputs = 4;
+constexpr int kMaxRank = 16;
+
+// Iteration plan of an elementwise loop over a (broadcast) output: dimensions of size 1
+// dropped, neighbours merged where every operand steps through them as one, the innermost
+// one cut into chunks of at most kMapChunk elements.
+struct MapPlan {
+  int64_t inner = 1, rows = 1, chunks_per_row = 1;
+  int64_t outer_rank = 0;
+  int64_t outer_shape[kMaxRank] = {};
+  int64_t outer_strides[kMaxMapInputs + 1][kMaxRank] = {};  // per operand, in elements
+  int64_t inner_strides[kMaxMapInputs + 1] = {};
+  int nops = 0;
+};
+// Operands are given by shape and strides aligned to out_shape (size 1 or missing dims
+// broadcast). The output, if it is one of them, is contiguous.
+MapPlan plan_map(const Shape& out_shape, const std::vector<const Tensor*>& ops);
+
+// Walks the rows of a MapPlan: offsets (in elements) of every operand at the current row.
+class RowWalker {
+ public:
+  RowWalker(const MapPlan& plan, int64_t row);
+  const int64_t* offsets() const { return off_; }
+  void next();
+
+ private:
+  const MapPlan& plan_;
+  int64_t idx_[kMaxRank] = {};
+  int64_t off_[kMaxMapInputs + 1] = {};
+};
+
+// Computes out = fn(ins...) elementwise with numpy broadcasting of `ins` to `out_shape`.
+// fn(float* out, const float* const* in, int64_t n) gets f32 rows (inputs converted and
+// broadcast values expanded as needed) of at most kMapChunk elements. Each thread takes one
+// contiguous range of chunks, so the split never changes a value.
+template <class Fn>
+Tensor map_f32(const Shape& out_shape, DType out_dtype, const std::vector<const Tensor*>& ins,
+               Fn fn) {
+  Tensor out = Tensor::empty(out_shape, out_dtype);
+  const int64_t total = out.numel();
+  if (total == 0) return out;
+  const MapPlan plan = plan_map(out_shape, ins);
+  const int nin = static_cast<int>(ins.size());
+  const char* bases[kMaxMapInputs];
+  DType dtypes[kMaxMapInputs];
+  for (int k = 0; k < nin; ++k) {
+    bases[k] = static_cast<const char*>(ins[k]->raw_data());
+    dtypes[k] = ins[k]->dtype();
+  }
+  const int64_t tasks = plan.rows * plan.chunks_per_row;
+  const int64_t chunk = std::min(plan.inner, kMapChunk);
+  const bool parallel = total >= kParallelGrain && tasks > 1;
+  const int nthreads = parallel ? omp_get_max_threads() : 1;
+  std::vector<float> buffers(static_cast<size_t>(nthreads) * (nin + 1) * chunk);
+  char* out_base = static_cast<char*>(out.raw_data());
+  const int64_t out_esize = static_cast<int64_t>(dtype_size(out_dtype));
+
+#pragma omp parallel num_threads(nthreads) if (parallel)
+  {
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t t0 = tasks * tid / nt, t1 = tasks * (tid + 1) / nt;
+    float* buf = buffers.data() + static_cast<size_t>(tid) * (nin + 1) * chunk;
+    const float* in_ptrs[kMaxMapInputs];
+    RowWalker walk(plan, t0 / plan.chunks_per_row);
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t row = task / plan.chunks_per_row;
+      const int64_t ci = task % plan.chunks_per_row;
+      if (ci == 0 && task != t0) walk.next();
+      const int64_t c0 = ci * chunk;
+      const int64_t n = std::min(chunk, plan.inner - c0);
+      for (int k = 0; k < nin; ++k) {
+        const int64_t off = walk.offsets()[k] + c0 * plan.inner_strides[k];
+        const char* p = bases[k] + off * static_cast<int64_t>(dtype_size(dtypes[k]));
+        if (dtypes[k] == DType::F32 && plan.inner_strides[k] == 1) {
+          in_ptrs[k] = reinterpret_cast<const float*>(p);
+        } else {
+          float* dst = buf + (k + 1) * chunk;
+          to_f32_strided(p, dtypes[k], plan.inner_strides[k], dst, n);
+          in_ptrs[k] = dst;
+        }
+      }
+      char* out_row = out_base + (row * plan.inner + c0) * out_esize;
+      if (out_dtype == DType::F32) {
+        fn(reinterpret_cast<float*>(out_row), in_ptrs, n);
+      } else {
+        fn(buf, in_ptrs, n);
+        from_f32(buf, out_row, out_dtype, n);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace sd3::cpu::detail
