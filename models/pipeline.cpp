@@ -173,12 +173,17 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
   rp.mmdit_arch = s.arch;
   rp.preset = s.defaults.preset;
   const MMDiTConfig& mcfg = s.files.require(ComponentKind::MMDiT).mmdit();
-  const int64_t h = rp.height / 8, w = rp.width / 8;
+  // The latent is the image downscaled by the VAE (8x for the released VAE, 2^(levels-1)).
+  const int64_t f = s.files.require(ComponentKind::Vae).vae().downscale();
+  SD3_CHECK(rp.width % (f * mcfg.patch_size) == 0 && rp.height % (f * mcfg.patch_size) == 0,
+            "size ", rp.width, "x", rp.height, " is not a multiple of ", f * mcfg.patch_size,
+            " (the VAE's ", f, "x downscale times the MM-DiT's patch size ", mcfg.patch_size, ")");
+  const int64_t h = rp.height / f, w = rp.width / f;
   const int64_t max_latent = mcfg.pos_embed_max_size * mcfg.patch_size;
   SD3_CHECK(h <= max_latent && w <= max_latent, "size ", rp.width, "x", rp.height,
             " needs a ", w / mcfg.patch_size, "x", h / mcfg.patch_size,
             " patch grid but this model's position table covers ", mcfg.pos_embed_max_size, "x",
-            mcfg.pos_embed_max_size, " (at most ", max_latent * 8, " pixels a side)");
+            mcfg.pos_embed_max_size, " (at most ", max_latent * f, " pixels a side)");
   if (rp.slg.enabled()) {
     for (int layer : rp.slg.layers)
       SD3_CHECK(layer >= 0 && layer < mcfg.depth, "skip layer ", layer,
