@@ -15,10 +15,9 @@ namespace sd3::models {
 // double values, and shift == 1 returns t/1000 unchanged.
 float FlowSchedule::sigma(float timestep) const {
   const float s = timestep / 1000.0f;
-  const double shift_d = shift;
-  if (shift_d == 1.0) return s;
-  const float numerator = static_cast<float>(shift_d) * s;
-  const float scaled = static_cast<float>(shift_d - 1.0) * s;
+  if (shift == 1.0) return s;
+  const float numerator = static_cast<float>(shift) * s;
+  const float scaled = static_cast<float>(shift - 1.0) * s;
   const float denominator = 1.0f + scaled;
   return numerator / denominator;
 }

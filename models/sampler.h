@@ -26,7 +26,7 @@ namespace sd3::models {
 
 // The reference's ModelSamplingDiscreteFlow: 1000 training timesteps, shifted.
 struct FlowSchedule {
-  float shift = 3.0f;
+  double shift = 3.0;  // a Python float in the reference; rounded to float32 where it is used
 
   // sigma of a timestep t in [0, 1000], in float32 as the reference computes it.
   float sigma(float timestep) const;

@@ -76,9 +76,9 @@ TEST(FlowSchedule, MatchesGoldenSigmasExactly) {
 // are exact (sigma_max = 1 for every shift, the last sigma 0); shift 1 is s = t/1000.
 TEST(FlowSchedule, MatchesFloat64Formula) {
   double worst = 0.0;
-  for (double shift : {1.0, 1.5, 2.0, 3.0, 4.5, 6.0}) {
+  for (double shift : {1.0, 1.5, 2.0, 2.7, 3.0, 3.1, 4.5, 6.0}) {
     for (int steps : {1, 2, 3, 4, 10, 20, 28, 40, 50, 100}) {
-      FlowSchedule schedule{static_cast<float>(shift)};
+      FlowSchedule schedule{shift};
       std::vector<float> got = schedule.sigmas(steps);
       std::vector<double> want = sigmas_f64(shift, steps);
       ASSERT_EQ(got.size(), static_cast<size_t>(steps) + 1);
