@@ -280,12 +280,12 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
     so.slg = rp.slg;
     so.total_steps = rp.steps;
     const int total = static_cast<int>(sigmas.size()) - 1;
+    // Called after each step: step + 1 of total are done.
     StepCallback on_step = [&](int step, int, float) {
-      t.report(step, total);
+      t.report(step + 1, total);
       return true;
     };
     final_latent = sample(fn, x0, sigmas, gi, so, on_step);
-    t.report(total, total);
   }
 
   // ---- decode ----------------------------------------------------------------------------
