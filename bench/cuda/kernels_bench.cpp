@@ -1,0 +1,238 @@
+// CUDA kernel benchmarks at SD3-medium shapes (batch 2, hidden 1536, 24 heads x 64; 512x512
+// = 1024 + 154 tokens, 1024x1024 = 4096 + 154): each hand-written fused kernel against its
+// unfused composition (the same op with its sd3::fusion() switch off) and against a
+// device-to-device copy moving the same number of bytes, measured in the same run; library
+// ops (cuBLASLt linear, cuDNN conv) for the tensor-core reference.
+//
+// Timing: CUDA events around each iteration on the backend's stream, with L2 flushed before
+// every iteration (a memset of twice the L2 size) so each run reads its inputs from memory;
+// Google Benchmark's manual time. Counters: GB/s over the fewest bytes the op must move (each
+// input read once, the output written once), TFLOP/s for the matrix ops. tools/
+// device_report.py turns the JSON output into the table of ratios in docs/kernels.md.
+#include <benchmark/benchmark.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/ops.h"
+#include "kernels/cuda/context.h"
+#include "kernels/cuda/cuda_ops.h"
+
+namespace {
+
+using sd3::DType;
+using sd3::Shape;
+using sd3::Tensor;
+namespace ops = sd3::ops;
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "kernels_bench: %s: %s\n", what, cudaGetErrorString(e));
+    std::exit(1);
+  }
+}
+
+Tensor randn(const Shape& shape, DType dt, float sigma = 1.0f) {
+  static std::mt19937_64 rng(12345);
+  std::normal_distribution<float> d(0.0f, sigma);
+  std::vector<float> v(static_cast<size_t>(sd3::shape_numel(shape)));
+  for (float& x : v) x = d(rng);
+  return Tensor::from_floats(v, shape, dt).to(sd3::Device::cuda(0));
+}
+
+struct Timer {
+  cudaEvent_t start{}, stop{};
+  void* flush = nullptr;
+  size_t flush_bytes = 0;
+  cudaStream_t st{};
+  Timer() {
+    st = sd3::cuda::stream(0);
+    check(cudaEventCreate(&start), "event");
+    check(cudaEventCreate(&stop), "event");
+    flush_bytes = 2 * static_cast<size_t>(sd3::cuda::device_props(0).l2CacheSize);
+    check(cudaMalloc(&flush, flush_bytes), "L2 flush buffer");
+  }
+  // Runs fn once timed (after an L2 flush); returns milliseconds.
+  float time(const std::function<void()>& fn) {
+    check(cudaMemsetAsync(flush, 0, flush_bytes, st), "L2 flush");
+    check(cudaEventRecord(start, st), "record");
+    fn();
+    check(cudaEventRecord(stop, st), "record");
+    check(cudaEventSynchronize(stop), "sync");
+    float ms = 0.0f;
+    check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
+    return ms;
+  }
+};
+
+Timer& timer() {
+  static Timer* t = new Timer();
+  return *t;
+}
+
+// Registers one benchmark: fn runs the op; bytes / flops give the counters.
+void add(const std::string& name, std::function<void()> fn, double bytes, double flops = 0.0) {
+  benchmark::RegisterBenchmark(name.c_str(),
+                               [fn, bytes, flops](benchmark::State& state) {
+                                 fn();  // warm-up: algorithm searches, first allocations
+                                 fn();
+                                 sd3::device_synchronize(sd3::Device::cuda(0));
+                                 for (auto _ : state)
+                                   state.SetIterationTime(timer().time(fn) / 1e3);
+                                 const auto rate = benchmark::Counter::kIsIterationInvariantRate;
+                                 if (bytes > 0)
+                                   state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, rate);
+                                 if (flops > 0)
+                                   state.counters["TFLOP/s"] =
+                                       benchmark::Counter(flops / 1e12, rate);
+                                 state.counters["bytes"] = bytes;
+                               })
+      ->UseManualTime()
+      ->Unit(benchmark::kMicrosecond)
+      ->MinTime(0.05);
+}
+
+// A device-to-device copy moving `bytes` in total (half read, half written).
+void add_copy(const std::string& name, double bytes) {
+  const size_t n = static_cast<size_t>(bytes / 2);
+  const int64_t elems = static_cast<int64_t>((n + 3) / 4);
+  auto bufs = std::make_shared<std::pair<Tensor, Tensor>>(
+      Tensor::empty({elems}, DType::F32, sd3::Device::cuda(0)),
+      Tensor::empty({elems}, DType::F32, sd3::Device::cuda(0)));
+  add(
+      name,
+      [bufs, n] {
+        check(cudaMemcpyAsync(bufs->second.raw_data(), bufs->first.raw_data(), n,
+                              cudaMemcpyDeviceToDevice, timer().st),
+              "copy");
+      },
+      bytes);
+}
+
+// Runs fn with the given fusion switches.
+std::function<void()> with_fusion(sd3::Fusion f, std::function<void()> fn) {
+  return [f, fn] {
+    const sd3::Fusion saved = sd3::fusion();
+    sd3::fusion() = f;
+    fn();
+    sd3::fusion() = saved;
+  };
+}
+
+sd3::Fusion unfused_all() {
+  return sd3::Fusion{false, false, false, false};
+}
+
+struct Res {
+  const char* name;
+  int64_t L;  // image tokens
+};
+const Res kRes[] = {{"512", 1024}, {"1024", 4096}};
+constexpr int64_t kB = 2, kC = 1536, kHeads = 24, kCtx = 154;
+
+void register_all() {
+  const DType dt = DType::BF16;
+  for (const Res& r : kRes) {
+    const std::string tag = std::string("/") + r.name;
+    // adaln_modulate on the image stream: x [2, L, 1536], shift/scale chunks of [2, 6C].
+    {
+      Tensor x = randn({kB, r.L, kC}, dt), mod = randn({kB, 6 * kC}, dt, 0.3f);
+      Tensor sh = mod.slice(1, 0, kC), sc = mod.slice(1, kC, 2 * kC);
+      const double bytes = 2.0 * kB * r.L * kC * 2;
+      auto run = [=] { ops::adaln_modulate(x, sh, sc, 1e-6f); };
+      add("adaln_modulate/fused" + tag, run, bytes);
+      add("adaln_modulate/unfused" + tag, with_fusion(unfused_all(), run), bytes);
+      add_copy("adaln_modulate/copy" + tag, bytes);
+    }
+    // gated residual add: x + gate * y.
+    {
+      Tensor x = randn({kB, r.L, kC}, dt), y = randn({kB, r.L, kC}, dt);
+      Tensor mod = randn({kB, 6 * kC}, dt, 0.3f);
+      Tensor g = mod.slice(1, 2 * kC, 3 * kC);
+      const double bytes = 3.0 * kB * r.L * kC * 2;
+      add(
+          "gated_add/fused" + tag, [=] { ops::gated_add(x, g, y); }, bytes);
+      add(
+          "gated_add/unfused" + tag, [=] { ops::add(x, ops::mul(g.unsqueeze(1), y)); }, bytes);
+      add_copy("gated_add/copy" + tag, bytes);
+    }
+    // joint attention over [context; image] tokens: q, k, v [2, L + 154, 24 * 64].
+    {
+      const int64_t L = r.L + kCtx;
+      Tensor q = randn({kB, L, kHeads * 64}, dt), k = randn({kB, L, kHeads * 64}, dt),
+             v = randn({kB, L, kHeads * 64}, dt);
+      const double flops = 4.0 * kB * kHeads * double(L) * L * 64;
+      const double bytes = 4.0 * kB * L * kHeads * 64 * 2;
+      ops::AttentionOptions opt;
+      opt.heads = kHeads;
+      auto run = [=] { ops::attention(q, k, v, opt); };
+      add("joint_attention/fused" + tag, run, bytes, flops);
+      add("joint_attention/unfused" + tag, with_fusion(unfused_all(), run), bytes, flops);
+    }
+    // MMDiT linears: the MLP's fc1 with its GELU-tanh epilogue, and qkv.
+    {
+      const int64_t M = kB * (r.L + kCtx);
+      Tensor x = randn({M, kC}, dt), w1 = randn({4 * kC, kC}, dt, 0.02f), b1 = randn({4 * kC}, dt);
+      add(
+          "linear_gelu/cublaslt" + tag, [=] { ops::linear(x, w1, b1, ops::Activation::GeluTanh); },
+          2.0 * (M * kC + 4 * kC * kC + M * 4 * kC), 2.0 * M * kC * 4 * kC);
+    }
+  }
+  // cfg + Euler step on the latent: [2, 16, h, w] (two images' worth, as the sampler's batch).
+  for (const auto& [name, hw] : {std::pair<const char*, int64_t>{"512", 64}, {"1024", 128}}) {
+    const std::string tag = std::string("/") + name;
+    for (DType d : {DType::BF16, DType::F32}) {
+      const std::string dtag = tag + (d == DType::F32 ? "_f32" : "");
+      Tensor x = randn({kB, 16, hw, hw}, d), vc = randn({kB, 16, hw, hw}, d),
+             vu = randn({kB, 16, hw, hw}, d);
+      const double bytes = 4.0 * x.numel() * sd3::dtype_size(d);
+      auto run = [=] { ops::cfg_euler_step(x, vc, vu, 4.5f, 0.8f, 0.7f); };
+      add("euler_step/fused" + dtag, run, bytes);
+      add("euler_step/unfused" + dtag, with_fusion(unfused_all(), run), bytes);
+      add_copy("euler_step/copy" + dtag, bytes);
+    }
+  }
+  // VAE decoder GroupNorm(32) + SiLU at its largest activations for each resolution.
+  for (const auto& [name, shape] : {std::pair<const char*, Shape>{"512_c512", {kB, 512, 64, 64}},
+                                    {"512_c128", {kB, 128, 512, 512}},
+                                    {"1024_c512", {kB, 512, 128, 128}},
+                                    {"1024_c128", {kB, 128, 1024, 1024}}}) {
+    const std::string tag = std::string("/") + name;
+    Tensor x = randn(shape, dt), w = randn({shape[1]}, dt), b = randn({shape[1]}, dt);
+    const double bytes = 2.0 * x.numel() * 2;
+    auto run = [=] { ops::groupnorm_silu(x, 32, w, b, 1e-6f); };
+    add("groupnorm_silu/fused" + tag, run, bytes);
+    add("groupnorm_silu/unfused" + tag, with_fusion(unfused_all(), run), bytes);
+    add_copy("groupnorm_silu/copy" + tag, bytes);
+  }
+  // VAE 3x3 convolution (cuDNN) at 1024x1024's 128x128 mid resolution.
+  {
+    Tensor x = randn({1, 512, 128, 128}, dt), w = randn({512, 512, 3, 3}, dt, 0.02f),
+           b = randn({512}, dt);
+    add(
+        "conv3x3/cudnn/1024_c512", [=] { ops::conv2d(x, w, b, ops::Conv2dOptions::same(1)); },
+        2.0 * (2 * x.numel() + w.numel()), 2.0 * 512 * 128 * 128 * 512 * 9);
+  }
+  // The bandwidth reference on its own: a 1 GiB device-to-device copy.
+  add_copy("copy/1GiB", 2.0 * (1u << 30));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (!sd3::cuda_available()) {
+    std::printf("kernels_bench: skipped, no usable CUDA GPU (%s)\n",
+                sd3::cuda_unavailable_reason().c_str());
+    return 0;
+  }
+  benchmark::Initialize(&argc, argv);
+  register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,93 @@
+// Normalisation CUDA ops against the CPU reference: softmax, layer_norm, rms_norm,
+// adaln_modulate (fused and unfused), group_norm and groupnorm_silu (fused and unfused).
+// Widths cover one element, odd widths (scalar path), SD3's 1536 and widths past one
+// register-resident pass.
+#include <gtest/gtest.h>
+
+#include "cuda/cuda_test_util.h"
+#include "engine/ops.h"
+
+namespace sd3::cudatest {
+namespace {
+
+class CudaNorm : public CudaTest {};
+
+TEST_F(CudaNorm, Softmax) {
+  for (DType dt : float_dtypes()) {
+    for (int64_t C : {1, 77, 410, 4250}) {
+      SCOPED_TRACE(dname(dt) + " C=" + std::to_string(C));
+      Tensor x = randn({3, 5, C}, dt, 4.0f);
+      expect_close(ops::softmax(gpu(x)), ops::softmax(f32(x)), dt, {0, C, 0}, "softmax");
+    }
+  }
+}
+
+TEST_F(CudaNorm, LayerNormAndRmsNorm) {
+  for (DType dt : float_dtypes()) {
+    for (int64_t C : {1, 7, 64, 1536, 2432, 4097, 12288}) {
+      SCOPED_TRACE(dname(dt) + " C=" + std::to_string(C));
+      // A large mean makes a one-pass E[x^2] - E[x]^2 variance fail.
+      Tensor x = randn({3, 77, C}, dt, 1.5f, 3.0f);
+      Tensor w = randn({C}, dt), b = randn({C}, DType::F32);
+      const Tol tol{0, C, 0};
+      expect_close(ops::layer_norm(gpu(x), Tensor(), Tensor(), 1e-6f),
+                   ops::layer_norm(f32(x), Tensor(), Tensor(), 1e-6f), dt, tol, "layer_norm");
+      expect_close(ops::layer_norm(gpu(x), gpu(w), gpu(b), 1e-5f),
+                   ops::layer_norm(f32(x), f32(w), b, 1e-5f), dt, tol, "layer_norm affine");
+      expect_close(ops::rms_norm(gpu(x), gpu(w), 1e-6f), ops::rms_norm(f32(x), f32(w), 1e-6f), dt,
+                   tol, "rms_norm");
+      expect_close(ops::rms_norm(gpu(x), Tensor(), 1e-6f), ops::rms_norm(f32(x), Tensor(), 1e-6f),
+                   dt, tol, "rms_norm no weight");
+    }
+  }
+}
+
+TEST_F(CudaNorm, AdaLnModulateFusedUnfusedAndCpu) {
+  for (DType dt : float_dtypes()) {
+    for (int64_t L : {1, 77, 410}) {
+      for (int64_t C : {64, 1536, 1000}) {
+        SCOPED_TRACE(dname(dt) + " L=" + std::to_string(L) + " C=" + std::to_string(C));
+        Tensor x = randn({2, L, C}, dt, 2.0f, 0.5f);
+        Tensor mod = randn({2, 6 * C}, dt, 0.5f);
+        // shift = chunk 0 and scale = chunk 1 of the modulation output: strided views.
+        Tensor gm = gpu(mod), fm = f32(mod);
+        Tensor ref = ops::adaln_modulate(f32(x), fm.slice(1, 0, C), fm.slice(1, C, 2 * C), 1e-6f);
+        Tensor fused = ops::adaln_modulate(gpu(x), gm.slice(1, 0, C), gm.slice(1, C, 2 * C), 1e-6f);
+        expect_close(fused, ref, dt, {0, C, 0}, "adaln_modulate fused");
+        Fusion f;
+        f.adaln = false;
+        FusionScope scope(f);
+        Tensor unfused =
+            ops::adaln_modulate(gpu(x), gm.slice(1, 0, C), gm.slice(1, C, 2 * C), 1e-6f);
+        // Unfused stores LN(x), 1 + scale and the product in the dtype: k = 3.
+        expect_close(unfused, ref, dt, {3, C, 0}, "adaln_modulate unfused");
+      }
+    }
+  }
+}
+
+TEST_F(CudaNorm, GroupNormAndGroupNormSilu) {
+  for (DType dt : float_dtypes()) {
+    for (const Shape& s :
+         {Shape{2, 64, 1, 1}, Shape{1, 64, 7, 9}, Shape{2, 128, 64, 64}, Shape{1, 32, 256, 256}}) {
+      SCOPED_TRACE(dname(dt) + " " + shape_str(s));
+      const int64_t C = s[1];
+      const int64_t n = (C / 32) * s[2] * s[3];
+      Tensor x = randn(s, dt, 1.0f, 2.0f);
+      Tensor w = randn({C}, dt), b = randn({C}, dt);
+      expect_close(ops::group_norm(gpu(x), 32, gpu(w), gpu(b), 1e-6f),
+                   ops::group_norm(f32(x), 32, f32(w), f32(b), 1e-6f), dt, {0, n, 0}, "group_norm");
+      Tensor ref = ops::groupnorm_silu(f32(x), 32, f32(w), f32(b), 1e-6f);
+      expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f), ref, dt, {0, n, 0},
+                   "groupnorm_silu fused");
+      Fusion f;
+      f.groupnorm = false;
+      FusionScope scope(f);
+      expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f), ref, dt, {1, n, 0},
+                   "groupnorm_silu unfused");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sd3::cudatest
