@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -16,6 +18,7 @@
 #include "engine/error.h"
 #include "engine/safetensors.h"
 #include "engine/weights.h"
+#include "models/image.h"
 
 namespace sd3::models {
 namespace {
@@ -134,6 +137,80 @@ TEST(VaeInputs, BadShapesGiveClearErrors) {
               vae.decode(Tensor::zeros({1, 4, 2, 2}, DType::F32));
             }).find("latent"),
             std::string::npos);
+}
+
+// ---- the VAE inside the sampler / end-to-end cases -------------------------------------------
+
+// Cases that end in a VAE decode and a uint8 image (their VAE is checkpoints.vae).
+std::vector<GoldenCase> decoding_cases() {
+  std::vector<GoldenCase> out;
+  for (const char* kind : {"sampler", "e2e"})
+    for (GoldenCase& c : test::cases_of_kind(kind)) out.push_back(std::move(c));
+  return out;
+}
+
+WeightStore vae_store_of(const GoldenCase& c) {
+  GoldenCase v = c;
+  v.checkpoint = c.raw.at("checkpoints").at("vae").get<std::string>();
+  return checkpoint_store(v);
+}
+
+TEST(VaePipeline, DecodesSampledLatents) {
+  for (const GoldenCase& c : decoding_cases()) {
+    SCOPED_TRACE(c.name);
+    EXPECT_TRUE(test::matches_golden(sd3_latent_process_out(test::golden_output(c, "final_latent")),
+                                     c, "latent_process_out"));
+    VaeLoadOptions opt;
+    opt.encoder = false;
+    const Vae vae = Vae::load(vae_store_of(c), Device::cpu(), opt);
+    const Tensor decoded = vae.decode(test::golden_output(c, "latent_process_out"));
+    EXPECT_TRUE(test::matches_golden(decoded, c, "decoded"));
+
+    // Our image may differ from the reference's by 1 only where 255 * image01 of the golden
+    // lies within our decoded tolerance (scaled by 255/2) of an integer.
+    const std::vector<uint8_t> ours = decoded_to_images(decoded).at(0).pixels;
+    const std::vector<int64_t> want = test::golden_output(c, "image_u8").to_ints();  // [H, W, 3]
+    const std::vector<float> ref = test::golden_output(c, "decoded").to_floats();    // [1, 3, H, W]
+    ASSERT_EQ(ours.size(), want.size());
+    const int64_t hw = static_cast<int64_t>(want.size() / 3);
+    const double slack = 255.0 / 2.0 * test::tolerance(c, "decoded");
+    int differing = 0;
+    for (int64_t i = 0; i < hw; ++i) {
+      for (int64_t ch = 0; ch < 3; ++ch) {
+        const int64_t got = ours[static_cast<size_t>(i * 3 + ch)];
+        const int64_t expect = want[static_cast<size_t>(i * 3 + ch)];
+        if (got == expect) continue;
+        ++differing;
+        const double v =
+            255.0 * std::clamp((ref[static_cast<size_t>(ch * hw + i)] + 1.0) / 2.0, 0.0, 1.0);
+        const double to_integer = std::fabs(v - std::round(v));
+        EXPECT_TRUE(std::abs(got - expect) == 1 && to_integer <= slack)
+            << "pixel " << i << " channel " << ch << ": " << got << " vs " << expect
+            << " (reference 255*image01 = " << v << ")";
+      }
+    }
+    RecordProperty(c.name + "_image_u8_values_differing", differing);
+  }
+}
+
+TEST(VaePipeline, ImageConversionIsTheReferences) {
+  // The reference turns its float32 decoded image into uint8 with the formula decoded_to_images
+  // implements; fed the golden decoded tensor, it must give image_u8 exactly.
+  for (const GoldenCase& c : decoding_cases()) {
+    SCOPED_TRACE(c.name);
+    const Image img = decoded_to_images(test::golden_output(c, "decoded")).at(0);
+    const Tensor want = test::golden_output(c, "image_u8");  // [H, W, 3]
+    ASSERT_EQ(want.dim(), 3);
+    EXPECT_EQ(img.height, want.size(0));
+    EXPECT_EQ(img.width, want.size(1));
+    const std::vector<int64_t> w = want.to_ints();
+    EXPECT_EQ(std::vector<int64_t>(img.pixels.begin(), img.pixels.end()), w);
+    // And the reference's PNG of it (written by PIL) reads back as the same pixels.
+    if (c.raw.contains("image_file")) {
+      const PngImage png = read_png(test::fixture_path(c.raw["image_file"].get<std::string>()));
+      EXPECT_EQ(png.image.pixels, img.pixels);
+    }
+  }
 }
 
 // ---- schema ---------------------------------------------------------------------------------
