@@ -400,9 +400,12 @@ std::u32string remove_control_chars(std::u32string_view text) {
   return out;
 }
 
-// ftfy's fix_and_explain() on one segment: apply every fixer until nothing changes.
+// ftfy's fix_and_explain() on one segment: apply every fixer until nothing changes. Each round
+// either shrinks the text or makes it stable after a few rounds; the cap only guarantees that
+// no input can keep this loop busy.
 std::u32string fix_segment(std::u32string text, bool unescape) {
-  while (true) {
+  constexpr int kMaxRounds = 64;
+  for (int round = 0; round < kMaxRounds; ++round) {
     std::u32string orig = text;
     if (unescape) text = ftfy_unescape_html(text);
     text = fix_mojibake(text);
@@ -417,6 +420,7 @@ std::u32string fix_segment(std::u32string text, bool unescape) {
     text = nfc(text);
     if (text == orig) return text;
   }
+  return text;
 }
 
 }  // namespace

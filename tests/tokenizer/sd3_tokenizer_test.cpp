@@ -15,6 +15,7 @@
 
 #include "engine/error.h"
 #include "tokenizer/tokenizer_test_util.h"
+#include "tokenizers/token_json.h"
 #include "tokenizers/unicode_text.h"
 
 namespace fs = std::filesystem;
@@ -301,6 +302,32 @@ TEST(Sd3Tokenizer, IllFormedUtf8NulAndControlCharacters) {
   expect_well_formed(ctl);
   // The escape markers of the weight syntax cannot be spoofed into a crash either.
   expect_well_formed(t.tokenize(std::string("\0\1(\0\2)\\", 7)));
+}
+
+// Random bytes biased towards the characters every stage treats specially: nothing throws,
+// every output is well formed, and the JSON line parser never misbehaves either.
+TEST(Sd3Tokenizer, RandomBytesNeverFail) {
+  const Sd3Tokenizer& t = test_util::tokenizer_gz();
+  std::string specials = "&#;x(\\):1. <|'\"\n\r\t";
+  specials.push_back('\0');
+  std::mt19937 rng(99);
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::string s;
+    const int len = static_cast<int>(rng() % 48);
+    for (int k = 0; k < len; ++k) {
+      const unsigned r = rng() % 4;
+      s.push_back(r == 0   ? static_cast<char>(0x80 + rng() % 0x80)
+                  : r == 1 ? static_cast<char>(rng() % 0x80)
+                           : specials[rng() % specials.size()]);
+    }
+    Sd3Tokens tokens;
+    ASSERT_NO_THROW(tokens = t.tokenize(s)) << "trial " << trial;
+    expect_well_formed(tokens);
+    ASSERT_NO_THROW(t.clip_ids(s));
+    ASSERT_NO_THROW(t.t5_ids(s));
+    std::string why;
+    parse_json_string_line(s, &why);  // any answer is fine; it must not crash
+  }
 }
 
 struct Timed {
