@@ -162,6 +162,16 @@ std::atomic<bool>& poison_flag() {
   return f;
 }
 
+// SD3_CUDA_ALLOC=direct: every alloc is its own exact-size cudaMalloc and every free a cudaFree
+// (no caching, no rounding), so compute-sanitizer memcheck sees each tensor's true bounds.
+bool direct_alloc() {
+  static const bool d = [] {
+    const char* e = std::getenv("SD3_CUDA_ALLOC");
+    return e && std::string(e) == "direct";
+  }();
+  return d;
+}
+
 }  // namespace
 
 void set_alloc_poison(bool on) { poison_flag().store(on); }
@@ -219,10 +229,10 @@ cudnnContext* cudnn_handle(int device) {
 
 void* alloc(int device, size_t bytes) {
   DeviceState& s = state(device);
-  const size_t size = round_size(bytes);
+  const size_t size = direct_alloc() ? (bytes ? bytes : 1) : round_size(bytes);
   std::lock_guard<std::mutex> lock(s.mu);
   void* p = nullptr;
-  auto it = s.free_blocks.lower_bound(size);
+  auto it = direct_alloc() ? s.free_blocks.end() : s.free_blocks.lower_bound(size);
   size_t block = size;
   if (it != s.free_blocks.end() && it->first <= size + size / 8) {
     block = it->first;
@@ -268,8 +278,16 @@ void free(int device, void* p, size_t bytes) {
   const size_t block = it->second;
   s.live.erase(it);
   s.current -= block;
-  s.free_blocks.emplace(block, p);
   note_stats(-static_cast<long long>(block), 0);
+  if (direct_alloc()) {
+    SD3_CUDA_CHECK(cudaSetDevice(device));
+    SD3_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+    SD3_CUDA_CHECK(cudaFree(p));
+    s.reserved -= block;
+    note_stats(0, -static_cast<long long>(block));
+    return;
+  }
+  s.free_blocks.emplace(block, p);
 }
 
 void empty_cache() {
