@@ -1,0 +1,85 @@
+// One small call of every hand-written kernel, for compute-sanitizer (memcheck, racecheck,
+// synccheck) runs by tools/device_check.sh: shapes are tiny so the sanitizers finish in
+// seconds, yet each hits its kernel's edge paths (partial tiles, scalar tails, several
+// statistics chunks, masks, bias). Results are still checked against the CPU.
+#include <gtest/gtest.h>
+
+#include "cuda/cuda_test_util.h"
+#include "engine/ops.h"
+
+namespace sd3::cudatest {
+namespace {
+
+class CudaSanitize : public CudaTest {};
+
+TEST_F(CudaSanitize, FlashAttentionSmall) {
+  const DType dt = DType::BF16;
+  for (int64_t D : {64, 128}) {
+    ops::AttentionOptions opt;
+    opt.heads = 2;
+    opt.causal = D == 64;
+    opt.bias = D == 64 ? randn({2, 70, 77}, dt) : Tensor();
+    Tensor q = randn({1, 70, 2 * D}, dt), k = randn({1, 77, 2 * D}, dt),
+           v = randn({1, 77, 2 * D}, dt);
+    ops::AttentionOptions gopt = opt, ropt = opt;
+    if (opt.bias.defined()) {
+      gopt.bias = gpu(opt.bias);
+      ropt.bias = f32(opt.bias);
+    }
+    expect_close(ops::attention(gpu(q), gpu(k), gpu(v), gopt),
+                 ops::attention(f32(q), f32(k), f32(v), ropt), dt, {1, 77 + D, 0}, "attention");
+  }
+}
+
+TEST_F(CudaSanitize, RowNormsSmall) {
+  for (DType dt : {DType::BF16, DType::F32}) {
+    for (int64_t C : {1536, 4097}) {
+      Tensor x = randn({2, 5, C}, dt), mod = randn({2, 6 * C}, dt);
+      Tensor gm = gpu(mod), fm = f32(mod);
+      expect_close(ops::adaln_modulate(gpu(x), gm.slice(1, 0, C), gm.slice(1, C, 2 * C), 1e-6f),
+                   ops::adaln_modulate(f32(x), fm.slice(1, 0, C), fm.slice(1, C, 2 * C), 1e-6f), dt,
+                   {0, C, 0}, "adaln_modulate");
+      Tensor w = randn({C}, dt);
+      expect_close(ops::rms_norm(gpu(x), gpu(w), 1e-6f), ops::rms_norm(f32(x), f32(w), 1e-6f), dt,
+                   {0, C, 0}, "rms_norm");
+      expect_close(ops::softmax(gpu(x)), ops::softmax(f32(x)), dt, {0, C, 0}, "softmax");
+      expect_close(ops::gated_add(gpu(x), gm.slice(1, 2 * C, 3 * C), gpu(x)),
+                   ops::gated_add(f32(x), fm.slice(1, 2 * C, 3 * C), f32(x)), dt, {}, "gated_add");
+    }
+  }
+}
+
+TEST_F(CudaSanitize, GroupNormSeveralChunks) {
+  for (DType dt : {DType::BF16, DType::F32}) {
+    Tensor x = randn({1, 32, 130, 130}, dt, 1.0f, 1.0f);  // 16900 per group: two chunks
+    Tensor w = randn({32}, dt), b = randn({32}, dt);
+    expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f),
+                 ops::groupnorm_silu(f32(x), 32, f32(w), f32(b), 1e-6f), dt, {0, 16900, 0},
+                 "groupnorm_silu");
+    Tensor y = randn({1, 64, 3, 5}, dt);  // scalar path (S = 15)
+    Tensor w2 = randn({64}, dt), b2 = randn({64}, dt);
+    expect_close(ops::group_norm(gpu(y), 32, gpu(w2), gpu(b2), 1e-6f),
+                 ops::group_norm(f32(y), 32, f32(w2), f32(b2), 1e-6f), dt, {0, 30, 0},
+                 "group_norm");
+  }
+}
+
+TEST_F(CudaSanitize, StepsAndLayoutsSmall) {
+  const DType dt = DType::BF16;
+  Tensor x = randn({1, 16, 6, 10}, dt), vc = randn({1, 16, 6, 10}, dt),
+         vu = randn({1, 16, 6, 10}, dt);
+  expect_close(ops::cfg_euler_step(gpu(x), gpu(vc), gpu(vu), 5.0f, 0.9f, 0.8f),
+               ops::cfg_euler_step(f32(x), f32(vc), f32(vu), 5.0f, 0.9f, 0.8f), dt, {0, 4, 0},
+               "cfg_euler_step");
+  Tensor p = ops::patchify(gpu(x), 2);
+  expect_close(ops::unpatchify(p, 3, 5, 2, 16),
+               ops::unpatchify(ops::patchify(f32(x), 2), 3, 5, 2, 16), dt, {},
+               "patchify+unpatchify");
+  Tensor w = randn({8, 16, 3, 3}, dt, 0.1f);
+  expect_close(ops::conv2d(gpu(x), gpu(w), Tensor(), ops::Conv2dOptions::same(1)),
+               ops::conv2d(f32(x), f32(w), Tensor(), ops::Conv2dOptions::same(1)), dt,
+               {1, 144, 1e-5}, "conv2d");
+}
+
+}  // namespace
+}  // namespace sd3::cudatest

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Turns the outputs of tools/device_check.sh (DIR/bench.json from kernels_bench,
+DIR/sdpa.json, DIR/tests.log, DIR/sanitizer.log, DIR/e2e.json, DIR/run.log) into the short
+markdown table printed as DIR/results.md: the card, test and sanitizer results, and for each
+fused kernel its time, GB/s, fraction of a same-size device copy's bandwidth (target >= 80%)
+and speed-up over its unfused composition (target >= 1.5x); attention's TFLOP/s against
+PyTorch's cuDNN SDPA (target >= 70% at 1024x1024)."""
+import json
+import os
+import re
+import sys
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def read(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def main():
+    d = sys.argv[1]
+    run = read(os.path.join(d, "run.log"))
+    card = re.search(r"card: (.*)", run)
+    date = re.search(r"date: (.*)", run)
+    print("# CUDA device check\n")
+    print(f"- card: {card.group(1) if card else '?'}; date: {date.group(1) if date else '?'}")
+    tests = read(os.path.join(d, "tests.log"))
+    summary = re.findall(r"^\[  (PASSED|FAILED|SKIPPED) *\] (\d+) tests?", tests, re.M)
+    failed = re.findall(r"^\[  FAILED  \] (\S+\.\S+)", tests, re.M)
+    print(f"- tests: {', '.join(f'{n} {w.lower()}' for w, n in summary) or 'not run'}"
+          + (f"; failed: {', '.join(sorted(set(failed)))}" if failed else ""))
+    san = read(os.path.join(d, "sanitizer.log"))
+    exits = re.findall(r"==== (\w+) exit (\d+)", san)
+    if exits:
+        print("- compute-sanitizer: " + ", ".join(f"{t} {'clean' if c == '0' else 'exit ' + c}"
+                                                  for t, c in exits))
+    total = re.findall(r"total (\d+)s, status (\d+)", run)
+    if total:
+        print(f"- wall time {total[-1][0]} s, status {total[-1][1]}")
+
+    bench = load_json(os.path.join(d, "bench.json"))
+    rows = {}
+    if bench:
+        for b in bench.get("benchmarks", []):
+            name = b["name"].replace("/manual_time", "")
+            parts = name.split("/")
+            if len(parts) != 3:
+                continue
+            op, variant, shape = parts
+            rows.setdefault((op, shape), {})[variant] = b
+    print("\n## Memory-bound fused kernels\n")
+    print("| kernel | shape | fused us | GB/s | copy GB/s | % of copy (>= 80) | unfused us | speed-up (>= 1.5) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (op, shape), v in sorted(rows.items()):
+        if "fused" not in v or "copy" not in v:
+            continue
+        f, c, u = v["fused"], v["copy"], v.get("unfused")
+        frac = f["GB/s"] / c["GB/s"] * 100 if c.get("GB/s") else float("nan")
+        speed = u["real_time"] / f["real_time"] if u else float("nan")
+        print(f"| {op} | {shape} | {f['real_time']:.1f} | {f['GB/s']:.0f} | {c['GB/s']:.0f} | "
+              f"{frac:.0f}% | {u['real_time']:.1f} | {speed:.2f}x |" if u else
+              f"| {op} | {shape} | {f['real_time']:.1f} | {f['GB/s']:.0f} | {c['GB/s']:.0f} | {frac:.0f}% | - | - |")
+    sdpa = load_json(os.path.join(d, "sdpa.json")) or {}
+    ref = {(r["shape"], r["backend"]): r for r in sdpa.get("results", []) if "tflops" in r}
+    print("\n## Attention (B 2, 24 heads x 64, bf16)\n")
+    print("| shape | joint_attention TFLOP/s | unfused TFLOP/s | cuDNN SDPA TFLOP/s | flash SDPA TFLOP/s | vs cuDNN (>= 70%) |")
+    print("|---|---|---|---|---|---|")
+    for (op, shape), v in sorted(rows.items()):
+        if op != "joint_attention" or "fused" not in v:
+            continue
+        f, u = v["fused"]["TFLOP/s"], v.get("unfused", {}).get("TFLOP/s", float("nan"))
+        cd, fl = ref.get((shape, "cudnn")), ref.get((shape, "flash"))
+        ratio = f / cd["tflops"] * 100 if cd else float("nan")
+        print(f"| {shape} | {f:.0f} | {u:.0f} | {cd['tflops'] if cd else float('nan'):.0f} | "
+              f"{fl['tflops'] if fl else float('nan'):.0f} | {ratio:.0f}% |")
+    print("\n## Library ops\n")
+    print("| op | shape | us | TFLOP/s |")
+    print("|---|---|---|---|")
+    for (op, shape), v in sorted(rows.items()):
+        for variant, b in v.items():
+            if variant in ("cublaslt", "cudnn"):
+                print(f"| {op} ({variant}) | {shape} | {b['real_time']:.1f} | {b.get('TFLOP/s', 0):.0f} |")
+    if bench:
+        for b in bench.get("benchmarks", []):
+            if b["name"].startswith("copy/"):
+                print(f"\nDevice-to-device copy, 1 GiB: {b['GB/s']:.0f} GB/s (read + write).")
+    e2e = load_json(os.path.join(d, "e2e.json"))
+    print("\n## End to end\n")
+    if e2e:
+        print("```\n" + json.dumps(e2e, indent=1) + "\n```")
+    else:
+        print("not run (sd3-bench-e2e not built yet)")
+
+
+if __name__ == "__main__":
+    main()
