@@ -60,18 +60,20 @@ SD3_INLINE void store_partial(float* p, VF v, int64_t m) {
   store(tmp, v);
   for (int64_t i = 0; i < m; ++i) p[i] = tmp[i];
 }
+// Selects b where mask (a comparison result) is set, else a. Written with bit operations:
+// GCC may reorder the operands of a vector ?: comparison, which changes what a NaN selects.
+SD3_INLINE VF select(VI mask, VF b, VF a) {
+  return (VF)(((VI)b & mask) | ((VI)a & ~mask));
+}
+// max/min that return a when the comparison fails, so a NaN in a propagates.
 SD3_INLINE VF vmax(VF a, VF b) {
-  return a > b ? a : b;
+  return select(a < b, b, a);
 }
 SD3_INLINE VF vmin(VF a, VF b) {
-  return a < b ? a : b;
+  return select(b < a, b, a);
 }
 SD3_INLINE VF vabs(VF a) {
   return (VF)((VU)a & 0x7fffffffu);
-}
-// Selects b where mask (a comparison result) is set, else a.
-SD3_INLINE VF select(VI mask, VF b, VF a) {
-  return (VF)(((VI)b & mask) | ((VI)a & ~mask));
 }
 
 SD3_INLINE float hsum(VF v) {
@@ -88,22 +90,23 @@ SD3_INLINE float hmax(VF v) {
   return m;
 }
 
-// e^x with a relative error below 2 ulp for x in [-87.3, 88.37] (measured against double in
-// tests/unit/cpu_vec_test.cpp). Results below FLT_MIN are flushed to 0 (softmax and the
-// sigmoids do not need subnormals), x > 88.37 gives +Inf-free 2^127-scale values clamped to
-// e^88.37, NaN stays NaN.
+// e^x with a relative error below 2 ulp where the result is a normal float above 2^-125
+// (measured against double in tests/unit/elementwise_test.cpp). Smaller results (x below
+// about -87) flush to 0, x above ln(FLT_MAX) gives +Inf, NaN stays NaN.
 // Method: n = round(x / ln2), r = x - n ln2 in [-ln2/2, ln2/2] (ln2 split in a 9-bit-exact
 // high part and the remainder, so n*hi is exact), e^r by its degree-7 Taylor polynomial
-// (truncation error r^8/8! < 6e-9 relative, under f32 rounding), times 2^n built in the
-// exponent bits. The rounding of x/ln2 to an integer uses the 1.5*2^23 trick: adding it
-// leaves n in the low mantissa bits, read back without any float->int conversion.
+// (truncation error r^8/8! < 6e-9 relative, under f32 rounding), times 2^n. The rounding of
+// x / ln2 uses the 1.5*2^23 trick: adding it leaves n in the low mantissa bits, read back
+// without a float->int conversion. 2^n is built as 2 * 2^(n-1) so that n = 128 (x just
+// below ln(FLT_MAX)) still has an exponent field; with x clamped to [-87.5, 88.75], n - 1
+// spans [-127, 127] and the field n + 126 spans [0, 254]: 0 reads as the value 0, the flush.
 SD3_INLINE VF exp(VF x) {
   const float kRound = 12582912.0f;  // 1.5 * 2^23
   const uint32_t kRoundBits = 0x4b400000u;
   const float kLn2Hi = 0.693359375f;              // 355/512
   const float kLn2Lo = -2.12194440054690583e-4f;  // ln2 - 355/512
-  VF xc = vmin(x, splat(88.37626f));
-  xc = vmax(xc, splat(-88.0f));  // comparisons with NaN are false: NaN passes through
+  VF xc = vmax(x, splat(-87.5f));                 // NaN passes through both clamps
+  xc = vmin(xc, splat(88.75f));
   VF nb = xc * 1.44269504088896341f + kRound;
   VF n = nb - kRound;
   VF r = xc - n * kLn2Hi;
@@ -116,9 +119,8 @@ SD3_INLINE VF exp(VF x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  VU scale_bits = ((VU)nb - kRoundBits + 127u) << 23;
-  VF y = p * (VF)scale_bits;
-  return select(x < -87.33654f, splat(0.0f), y);
+  VU scale_bits = ((VU)nb - kRoundBits + 126u) << 23;  // 2^(n-1)
+  return (p * 2.0f) * (VF)scale_bits;  // doubling p first keeps n = -125 out of subnormals
 }
 
 // x * sigmoid(k x) = x / (1 + e^(-k x)): silu (k = 1), quick_gelu (k = 1.702).

@@ -133,10 +133,12 @@ double ref_activation(double x, ops::Activation act) {
     case ops::Activation::None: return x;
     case ops::Activation::Silu: return x / (1.0 + std::exp(-x));
     case ops::Activation::QuickGelu: return x / (1.0 + std::exp(-1.702 * x));
-    case ops::Activation::Gelu: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+    // 1 + erf(z) = erfc(-z), and 1 + tanh(u) = 2 / (1 + e^(-2u)), without the cancellation
+    // of the textbook forms for negative x.
+    case ops::Activation::Gelu: return 0.5 * x * std::erfc(-x / std::sqrt(2.0));
     case ops::Activation::GeluTanh: {
-      const double k = std::sqrt(2.0 / M_PI);
-      return 0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x)));
+      const double u = std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x);
+      return x / (1.0 + std::exp(-2.0 * u));
     }
   }
   return x;

@@ -37,6 +37,13 @@ inline double unit_roundoff(DType dtype) {
   return dtype == DType::F16 ? kU16 : dtype == DType::BF16 ? kUBF16 : kU32;
 }
 
+// Absolute error allowed for results near zero stored in `dtype`: half the smallest f16
+// subnormal; for f32 and bf16 1e-36, since vec::exp flushes results below 2^-125 to zero and
+// overflows to +Inf above FLT_MAX, so x / (1 + e^-x) may give 0 where |x e^x| < 1e-36.
+inline double tiny(DType dtype) {
+  return dtype == DType::F16 ? 2.98023223876953125e-08 : 1e-36;
+}
+
 // Every test draws from its own generator, seeded from SD3_TEST_SEED when set, else from
 // std::random_device: inputs are fresh on every run and a failure prints the seed.
 class Rng {
