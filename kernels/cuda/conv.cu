@@ -11,7 +11,8 @@
 // plain FMA for f32 (no silent TF32). When cuDNN has no algorithm for a half-precision
 // shape (bf16 NCHW support varies by version), the shape is cached as "compute in f32" and
 // runs on f32 copies, converted back: slower, never wrong. Asymmetric padding (which cuDNN
-// does not take) is applied by pad2d first.
+// does not take) is applied by pad2d first. The bias is added in place by a small kernel of
+// ours (one pass over y) rather than cudnnAddTensor, whose bf16 support is not documented.
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -111,7 +112,9 @@ bool find_algo(int dev, DnnDescs& d, const Tensor& x, const Tensor& w, Tensor& y
   const cudnnStatus_t s = cudnnFindConvolutionForwardAlgorithmEx(
       h, d.x, x.raw_data(), d.w, w.raw_data(), d.conv, d.y, y.raw_data(),
       CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf, ws.get(), kFindWorkspace);
-  if (s == CUDNN_STATUS_NOT_SUPPORTED) return false;
+  // Half precision: any refusal means "no algorithm for this dtype" (the f32 fallback).
+  if (s != CUDNN_STATUS_SUCCESS && (s == CUDNN_STATUS_NOT_SUPPORTED || x.dtype() != DType::F32))
+    return false;
   SD3_CUDNN_CHECK(s);
   for (int i = 0; i < found; ++i) {  // sorted fastest first
     if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kFindWorkspace) {
@@ -121,6 +124,16 @@ bool find_algo(int dev, DnnDescs& d, const Tensor& x, const Tensor& w, Tensor& y
     }
   }
   return false;
+}
+
+template <class T>
+__global__ void add_channel_bias_kernel(T* __restrict__ y, AnyPtr bias, int64_t n, int64_t S,
+                                        int C) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>((i / S) % C);
+    y[i] = from_f32<T>(to_f32(y[i]) + bias[c]);
+  }
 }
 
 }  // namespace
@@ -194,8 +207,14 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in,
                                           plan.algo, ws.get(), plan.workspace, &zero, d.y,
                                           y.raw_data()));
   if (bias_in.defined()) {
-    Tensor b = bias_in.dtype() == dt ? contiguous(bias_in) : cast(bias_in, dt);
-    SD3_CUDNN_CHECK(cudnnAddTensor(h, &one, d.b, b.raw_data(), &one, d.y, y.raw_data()));
+    Tensor b = contiguous(bias_in);
+    const int64_t n = y.numel(), S = yshape[2] * yshape[3];
+    dispatch_float(dt, "conv2d", [&](auto tag) {
+      using T = decltype(tag);
+      add_channel_bias_kernel<T><<<grid_for(n, 256, 8192), 256, 0, stream(dev)>>>(
+          static_cast<T*>(y.raw_data()), any_ptr(b), n, S, static_cast<int>(Cout));
+      SD3_LAUNCH_CHECK("add_channel_bias_kernel");
+    });
   }
   return y;
 }

@@ -14,9 +14,9 @@
 // Kernel 1 splits each group into chunks (grid = chunks x B*G); each block reduces its chunk
 // to (count, mean, M2) from per-thread shifted sums and a block merge by Chan's formula,
 // writing one partial per chunk. Kernel 2 (one thread per 16-byte vector) merges the
-// group's partials once per block into shared memory, then normalises, applies the affine and
-// the activation, and writes. Chan's merge keeps the variance accurate where E[x^2] - E[x]^2
-// would cancel on large groups with a large mean.
+// group's partials once per block (one warp, lanes in parallel) into shared memory, then
+// normalises, applies the affine and the activation, and writes. Chan's merge keeps the variance
+// accurate where E[x^2] - E[x]^2 would cancel on large groups with a large mean.
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
@@ -96,12 +96,21 @@ __global__ void group_apply_kernel(T* __restrict__ out, const T* __restrict__ x,
                                    AnyPtr b, int64_t S, int C, int G, float eps) {
   __shared__ float stats[2];
   const int group = blockIdx.y;  // b * G + g
-  if (threadIdx.x == 0) {
+  if (threadIdx.x < 32) {
+    // The first warp merges the group's partials: a strided share per lane, then shuffles.
     Welford t{0.0f, 0.0f, 0.0f};
-    for (int i = 0; i < chunks; ++i)
+    for (int i = threadIdx.x; i < chunks; i += 32)
       t = merge(t, partial[static_cast<int64_t>(group) * chunks + i]);
-    stats[0] = t.mean;
-    stats[1] = rsqrtf(t.m2 / t.n + eps);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      Welford other{__shfl_xor_sync(0xffffffffu, t.n, o), __shfl_xor_sync(0xffffffffu, t.mean, o),
+                    __shfl_xor_sync(0xffffffffu, t.m2, o)};
+      t = merge(t, other);
+    }
+    if (threadIdx.x == 0) {
+      stats[0] = t.mean;
+      stats[1] = rsqrtf(t.m2 / t.n + eps);
+    }
   }
   __syncthreads();
   const float mean = stats[0], rstd = stats[1];

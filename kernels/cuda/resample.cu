@@ -63,8 +63,8 @@ Tensor pad2d(const Tensor& x_in, int64_t left, int64_t right, int64_t top, int64
   SD3_CHECK(x_in.dim() >= 2, "pad2d: x ", x_in.str(), " needs at least 2 dimensions");
   Tensor x = contiguous(x_in);
   const int64_t H = x.size(-2), W = x.size(-1);
-  SD3_CHECK(left >= 0 && right >= 0 && top >= 0 && bottom >= 0, "pad2d: negative padding (",
-            left, ", ", right, ", ", top, ", ", bottom, ") of ", x.str());
+  SD3_CHECK(left >= 0 && right >= 0 && top >= 0 && bottom >= 0, "pad2d: negative padding (", left,
+            ", ", right, ", ", top, ", ", bottom, ") of ", x.str());
   const int64_t Ho = H + top + bottom, Wo = W + left + right;
   Shape shape = x.shape();
   shape[shape.size() - 2] = Ho;

@@ -75,8 +75,8 @@ Tensor embedding(const Tensor& ids_in, const Tensor& table_in) {
   const int64_t V = table.size(0), C = table.size(1);
   const std::vector<int64_t> idv = ids.to_ints();  // synchronises: a once-per-prompt op
   for (size_t i = 0; i < idv.size(); ++i)
-    SD3_CHECK(idv[i] >= 0 && idv[i] < V, "embedding: id ", idv[i], " at position ", i,
-              " of ids ", ids.str(), " out of range for a table of ", V, " rows");
+    SD3_CHECK(idv[i] >= 0 && idv[i] < V, "embedding: id ", idv[i], " at position ", i, " of ids ",
+              ids.str(), " out of range for a table of ", V, " rows");
   Shape shape = ids.shape();
   shape.push_back(C);
   Tensor out = Tensor::empty(shape, table.dtype(), table.device());
