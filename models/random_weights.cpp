@@ -210,7 +210,7 @@ void write_random_checkpoint(const std::string& path,
         values.resize(static_cast<size_t>(count));
         bytes.resize(static_cast<size_t>(count) * dtype_size(engine_dtype));
         const int64_t chunks = (count + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (chunks > 1)
         for (int64_t k = 0; k < chunks; ++k) {
           const int64_t off = k * kChunk;
           random_values(seed, c.name, s.key, s.shape, begin + off, std::min(kChunk, count - off),
@@ -232,7 +232,7 @@ std::map<std::string, Tensor> random_weights(const RandomComponent& component, D
     const int64_t n = shape_numel(s.shape);
     std::vector<float> values(static_cast<size_t>(n));
     const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (chunks > 1)
     for (int64_t k = 0; k < chunks; ++k) {
       const int64_t off = k * kChunk;
       random_values(seed, component.name, s.key, s.shape, off, std::min(kChunk, n - off),
