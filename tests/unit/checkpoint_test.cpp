@@ -4,9 +4,12 @@
 #include "models/checkpoint.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstdio>
 #include <set>
 
 #include "common/test_data.h"
@@ -250,6 +253,42 @@ TEST(Checkpoint, BrokenComponentIsReportedNotThrown) {
     EXPECT_NE(msg.find(path), std::string::npos) << msg;
     EXPECT_NE(msg.find("and 1 more"), std::string::npos) << msg;
   }
+}
+
+struct CommandResult {
+  int status = -1;
+  std::string out;
+};
+
+CommandResult run(const std::string& command) {
+  CommandResult r;
+  FILE* p = popen(command.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+// sd3-inspect lists a file whose component cannot be loaded, then exits 1 with one line per
+// such component naming the first problem.
+TEST(Inspect, BrokenComponentExitsNonZero) {
+  auto specs = mmdit_weight_specs(tiny_mmdit(MMDiTConfig::sd35_large(), 2));
+  specs.pop_back();
+  const std::string path = sparse("inspect_broken", entries_of(specs, "model.diffusion_model."));
+  const std::string inspect = test::bin_dir() + "/sd3-inspect";
+  const CommandResult err = run(inspect + " '" + path + "' 2>&1 >/dev/null");
+  EXPECT_EQ(err.status, 1) << err.out;
+  EXPECT_EQ(err.out.rfind("sd3-inspect: error: sd35_large_mmdit at prefix", 0), 0u) << err.out;
+  EXPECT_NE(err.out.find("missing tensor 'model.diffusion_model."), std::string::npos) << err.out;
+  EXPECT_EQ(err.out.find('\n'), err.out.size() - 1) << err.out;
+  const CommandResult out = run(inspect + " --json '" + path + "' 2>/dev/null");
+  EXPECT_NE(out.out.find("\"problems\":[\"missing tensor"), std::string::npos) << out.out;
+  EXPECT_EQ(run(inspect + " --help >/dev/null").status, 0);
+  EXPECT_EQ(run(inspect + " --bogus '" + path + "' 2>/dev/null").status, 2);
+  EXPECT_EQ(run(inspect + " 2>/dev/null").status, 2);
 }
 
 // ---- ModelFiles ------------------------------------------------------------------------------
