@@ -4,6 +4,7 @@
 // Exit status: 0 when every file was read and every recognised component is complete; 1 when a
 // file is not valid safetensors or a component has missing / misshapen tensors (one line
 // `sd3-inspect: error: <message>` on stderr for each); 2 for bad usage.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -83,8 +84,10 @@ void print_text(const std::string& path, const CheckpointContents& c, bool tenso
   }
   if (tensors) {
     std::printf("  tensors:\n");
+    int width = 0;
+    for (const auto& t : file.tensors()) width = std::max(width, static_cast<int>(t.key.size()));
     for (const auto& t : file.tensors())
-      std::printf("    %-72s %-8s %s\n", t.key.c_str(), sd3::st_dtype_name(t.dtype),
+      std::printf("    %-*s  %-7s %s\n", width, t.key.c_str(), sd3::st_dtype_name(t.dtype),
                   sd3::shape_str(t.shape).c_str());
   }
   std::printf("  components: %zu\n", c.components.size());
