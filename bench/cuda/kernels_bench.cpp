@@ -179,6 +179,14 @@ void register_all() {
       opt.heads = kHeads;
       auto run = [=] { ops::attention(q, k, v, opt); };
       add("joint_attention/fused" + tag, run, bytes, flops);
+      add(
+          "joint_attention/fused_mt1" + tag,
+          [=] {
+            sd3::cuda::set_flash_mtiles(1);
+            ops::attention(q, k, v, opt);
+            sd3::cuda::set_flash_mtiles(0);
+          },
+          bytes, flops);
       add("joint_attention/unfused" + tag, with_fusion(unfused_all(), run), bytes, flops);
     }
     // MMDiT linears: the MLP's fc1 with its GELU-tanh epilogue, and qkv.

@@ -70,5 +70,8 @@ Tensor attention_gemm(const Tensor& q, const Tensor& k, const Tensor& v,
                       const AttentionOptions& opt);
 // True when attention() takes the flash kernel for these inputs (else attention_gemm).
 bool flash_attention_supported(const Tensor& q, const AttentionOptions& opt);
+// Lab switch: query m-tiles of 16 rows per warp in the D = 64 flash kernel (1 or 2; anything
+// else restores the default, 2, or SD3_FLASH_MTILES).
+void set_flash_mtiles(int mtiles);
 
 }  // namespace sd3::cuda

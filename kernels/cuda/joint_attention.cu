@@ -9,9 +9,10 @@
 // written once, 2 B (Lq + Lk) H D sizeof(T) x 2 - no Lq x Lk matrix ever reaches memory.
 //
 // Note [Flash attention tiling]
-// A block of kWarps = 4 warps owns kBlockM = 64 queries of one (batch, head); each warp owns
-// 16 query rows, so softmax statistics never cross warps. The block walks the keys in tiles
-// of kBlockN = 64: K and V tiles are brought into shared memory by cp.async, double-buffered
+// A block of kWarps = 4 warps owns kBlockM = 64 kMT queries of one (batch, head); each warp
+// owns kMT m-tiles of 16 query rows (kMT = 2 at D = 64, 1 at D = 128), so softmax statistics
+// never cross warps and every K/V fragment a warp loads feeds kMT MMAs. The block walks the keys in
+// tiles of kBlockN = 64: K and V tiles are brought into shared memory by cp.async, double-buffered
 // (tile t + 1 loads while tile t is used). Per tile each warp computes S = Q K^T (16 x 64) with
 // mma.sync m16n8k16 (Q's fragments stay in registers for the whole loop; K fragments come
 // from ldmatrix), applies scale, bias and masks in f32, updates the running row maximum m and
@@ -20,9 +21,12 @@
 // fragment layout of two adjacent 8-key tiles is exactly the m16k16 A fragment layout, so P
 // never leaves registers. V fragments come from ldmatrix.trans. Shared rows are padded by 16
 // bytes so the eight 16-byte rows an ldmatrix phase reads fall in distinct banks.
-// Shared memory: (kBlockM + 4 kBlockN) (D + 8) 2 bytes: 46 KB at D = 64, 87 KB at D = 128.
-// Registers per thread: S 32 + O D/2 + Q fragments D/4 floats/words.
+// Shared memory: (kBlockM + 4 kBlockN) (D + 8) 2 bytes: 55 KB at D = 64 (kMT 2), 87 KB at
+// D = 128. Registers per thread: kMT (S 32 + O D/2 + Q fragments D/4 + P 16) floats/words.
+// The index math is checked without a GPU by kernels/cuda/lab/flash_fragments.py.
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/common.cuh"
@@ -34,7 +38,6 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kBlockM = 16 * kWarps;
 constexpr int kBlockN = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -127,10 +130,11 @@ __device__ __forceinline__ void load_tile(T* smem, const T* g, int64_t ld, int r
   }
 }
 
-template <class T, int D, bool kHasBias>
+template <class T, int D, bool kHasBias, int kMT>
 __global__ void __launch_bounds__(kThreads) flash_attention_kernel(const FlashParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kPitch = D + 8;
+  constexpr int kBlockM = 16 * kWarps * kMT;  // queries per block
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + kBlockM * kPitch;      // [2][kBlockN][kPitch]
   T* sV = sK + 2 * kBlockN * kPitch;  // [2][kBlockN][kPitch]
@@ -156,14 +160,20 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(const FlashPa
   }
   cp_async_commit();
 
-  // Row indices of this thread's two rows (g and g + 8 of the warp's 16).
-  const int row_a = m0 + warp * 16 + g, row_b = row_a + 8;
+  // The warp owns rows [warp 16 kMT, (warp + 1) 16 kMT) of the block, as kMT m-tiles of 16;
+  // in m-tile mt this thread holds rows g and g + 8.
+  const int warp_row0 = m0 + warp * 16 * kMT;
 
-  uint32_t qf[D / 16][4];
-  float o[D / 8][4];
+  uint32_t qf[kMT][D / 16][4];
+  float o[kMT][D / 8][4];
+  float m_a[kMT], m_b[kMT], l_a[kMT], l_b[kMT];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
+    m_a[mt] = m_b[mt] = -INFINITY;
+    l_a[mt] = l_b[mt] = 0.0f;
+  }
 
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int n0 = tile * kBlockN;
@@ -179,16 +189,22 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(const FlashPa
     __syncthreads();
     if (tile == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * kPitch + kk * 16 + (lane >> 4) * 8);
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+          ldmatrix_x4(qf[mt][kk], sQ + (warp * 16 * kMT + mt * 16 + (lane & 15)) * kPitch +
+                                      kk * 16 + (lane >> 4) * 8);
     }
     const T* cK = sK + stage * kBlockN * kPitch;
     const T* cV = sV + stage * kBlockN * kPitch;
 
-    // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
-    float s[kBlockN / 8][4];
+    // S = Q K^T for the warp's rows and the tile's 64 keys; each K fragment serves kMT m-tiles.
+    float s[kMT][kBlockN / 8][4];
 #pragma unroll
-    for (int j = 0; j < kBlockN / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j)
+        s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
@@ -196,118 +212,138 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(const FlashPa
         uint32_t kf[4];
         ldmatrix_x4(kf, cK + (jp * 16 + (lane & 7) + ((lane >> 4) << 3)) * kPitch + kk * 16 +
                             ((lane >> 3) & 1) * 8);
-        mma16816<T>(s[2 * jp], qf[kk], kf[0], kf[1]);
-        mma16816<T>(s[2 * jp + 1], qf[kk], kf[2], kf[3]);
-      }
-    }
-
-    // Scale (+ bias) into the log2 domain; mask keys past the end and, if causal, above the
-    // diagonal.
-    const bool edge = n0 + kBlockN > p.Lk || (p.causal && n0 + kBlockN - 1 > m0);
 #pragma unroll
-    for (int j = 0; j < kBlockN / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = n0 + j * 8 + 2 * t + (e & 1);
-        const int row = e < 2 ? row_a : row_b;
-        float x;
-        if constexpr (kHasBias) {
-          float bv = 0.0f;
-          if (row < p.Lq && col < p.Lk)
-            bv =
-                p.bias[b * p.bias_sb + h * p.bias_sh + static_cast<int64_t>(row) * p.bias_sq + col];
-          x = (s[j][e] * p.scale + bv) * kLog2e;
-        } else {
-          x = s[j][e] * p.scale_log2;
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma16816<T>(s[mt][2 * jp], qf[mt][kk], kf[0], kf[1]);
+          mma16816<T>(s[mt][2 * jp + 1], qf[mt][kk], kf[2], kf[3]);
         }
-        if (edge && (col >= p.Lk || (p.causal && col > row))) x = -INFINITY;
-        s[j][e] = x;
       }
     }
 
-    // Online softmax: new row maxima over the quad that shares each row.
-    float mx_a = m_a, mx_b = m_b;
+    const bool edge = n0 + kBlockN > p.Lk || (p.causal && n0 + kBlockN - 1 > m0);
+    uint32_t pf[kMT][kBlockN / 16][4];
 #pragma unroll
-    for (int j = 0; j < kBlockN / 8; ++j) {
-      mx_a = fmaxf(mx_a, fmaxf(s[j][0], s[j][1]));
-      mx_b = fmaxf(mx_b, fmaxf(s[j][2], s[j][3]));
-    }
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-    // A row with every key masked so far keeps max -inf; subtract 0 instead (exp2 -> 0).
-    const float ref_a = mx_a == -INFINITY ? 0.0f : mx_a;
-    const float ref_b = mx_b == -INFINITY ? 0.0f : mx_b;
-    const float alpha_a = exp2f(m_a - ref_a), alpha_b = exp2f(m_b - ref_b);
-    m_a = mx_a;
-    m_b = mx_b;
-    float sum_a = 0.0f, sum_b = 0.0f;
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int row_a = warp_row0 + mt * 16 + g, row_b = row_a + 8;
+      // Scale (+ bias) into the log2 domain; mask keys past the end and, if causal, above
+      // the diagonal.
 #pragma unroll
-    for (int j = 0; j < kBlockN / 8; ++j) {
-      s[j][0] = exp2f(s[j][0] - ref_a);
-      s[j][1] = exp2f(s[j][1] - ref_a);
-      s[j][2] = exp2f(s[j][2] - ref_b);
-      s[j][3] = exp2f(s[j][3] - ref_b);
-      sum_a += s[j][0] + s[j][1];
-      sum_b += s[j][2] + s[j][3];
-    }
-    l_a = l_a * alpha_a + sum_a;
-    l_b = l_b * alpha_b + sum_b;
+      for (int j = 0; j < kBlockN / 8; ++j) {
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-      o[i][0] *= alpha_a;
-      o[i][1] *= alpha_a;
-      o[i][2] *= alpha_b;
-      o[i][3] *= alpha_b;
+        for (int e = 0; e < 4; ++e) {
+          const int col = n0 + j * 8 + 2 * t + (e & 1);
+          const int row = e < 2 ? row_a : row_b;
+          float x;
+          if constexpr (kHasBias) {
+            float bv = 0.0f;
+            if (row < p.Lq && col < p.Lk)
+              bv = p.bias[b * p.bias_sb + h * p.bias_sh + static_cast<int64_t>(row) * p.bias_sq +
+                          col];
+            x = (s[mt][j][e] * p.scale + bv) * kLog2e;
+          } else {
+            x = s[mt][j][e] * p.scale_log2;
+          }
+          if (edge && (col >= p.Lk || (p.causal && col > row))) x = -INFINITY;
+          s[mt][j][e] = x;
+        }
+      }
+
+      // Online softmax: new row maxima over the quad that shares each row.
+      float mx_a = m_a[mt], mx_b = m_b[mt];
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) {
+        mx_a = fmaxf(mx_a, fmaxf(s[mt][j][0], s[mt][j][1]));
+        mx_b = fmaxf(mx_b, fmaxf(s[mt][j][2], s[mt][j][3]));
+      }
+      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+      // A row with every key masked so far keeps max -inf; subtract 0 instead (exp2 -> 0).
+      const float ref_a = mx_a == -INFINITY ? 0.0f : mx_a;
+      const float ref_b = mx_b == -INFINITY ? 0.0f : mx_b;
+      const float alpha_a = exp2f(m_a[mt] - ref_a), alpha_b = exp2f(m_b[mt] - ref_b);
+      m_a[mt] = mx_a;
+      m_b[mt] = mx_b;
+      float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) {
+        s[mt][j][0] = exp2f(s[mt][j][0] - ref_a);
+        s[mt][j][1] = exp2f(s[mt][j][1] - ref_a);
+        s[mt][j][2] = exp2f(s[mt][j][2] - ref_b);
+        s[mt][j][3] = exp2f(s[mt][j][3] - ref_b);
+        sum_a += s[mt][j][0] + s[mt][j][1];
+        sum_b += s[mt][j][2] + s[mt][j][3];
+      }
+      l_a[mt] = l_a[mt] * alpha_a + sum_a;
+      l_b[mt] = l_b[mt] * alpha_b + sum_b;
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        o[mt][i][0] *= alpha_a;
+        o[mt][i][1] *= alpha_a;
+        o[mt][i][2] *= alpha_b;
+        o[mt][i][3] *= alpha_b;
+      }
+      // P's A fragments are the S accumulators of key tiles 2kk and 2kk + 1.
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        pf[mt][kk][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pf[mt][kk][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pf[mt][kk][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pf[mt][kk][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
     }
 
-    // O += P V: P's A fragments are the S accumulators of key tiles 2kk and 2kk + 1.
+    // O += P V; each V fragment serves kMT m-tiles.
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      uint32_t pf[4];
-      pf[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-      pf[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-      pf[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pf[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t vf[4];
         ldmatrix_x4_trans(vf, cV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kPitch +
                                   dp * 16 + (lane >> 4) * 8);
-        mma16816<T>(o[2 * dp], pf, vf[0], vf[1]);
-        mma16816<T>(o[2 * dp + 1], pf, vf[2], vf[3]);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma16816<T>(o[mt][2 * dp], pf[mt][kk], vf[0], vf[1]);
+          mma16816<T>(o[mt][2 * dp + 1], pf[mt][kk], vf[2], vf[3]);
+        }
       }
     }
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
 
   // Finish the row sums across the quad and write O / l.
-  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
-  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
-  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
-  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
-  const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f;
-  const float inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
   T* out = static_cast<T*>(p.o);
   const int64_t ld_o = static_cast<int64_t>(p.H) * D;
   const int64_t base = static_cast<int64_t>(b) * p.Lq * ld_o + static_cast<int64_t>(h) * D;
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) {
-    const int col = i * 8 + 2 * t;
-    if (row_a < p.Lq)
-      *reinterpret_cast<uint32_t*>(out + base + row_a * ld_o + col) =
-          pack2<T>(o[i][0] * inv_a, o[i][1] * inv_a);
-    if (row_b < p.Lq)
-      *reinterpret_cast<uint32_t*>(out + base + row_b * ld_o + col) =
-          pack2<T>(o[i][2] * inv_b, o[i][3] * inv_b);
+  for (int mt = 0; mt < kMT; ++mt) {
+    float la = l_a[mt], lb = l_b[mt];
+    la += __shfl_xor_sync(0xffffffffu, la, 1);
+    la += __shfl_xor_sync(0xffffffffu, la, 2);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+    lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+    const float inv_a = la > 0.0f ? 1.0f / la : 0.0f;
+    const float inv_b = lb > 0.0f ? 1.0f / lb : 0.0f;
+    const int row_a = warp_row0 + mt * 16 + g, row_b = row_a + 8;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      const int col = i * 8 + 2 * t;
+      if (row_a < p.Lq)
+        *reinterpret_cast<uint32_t*>(out + base + row_a * ld_o + col) =
+            pack2<T>(o[mt][i][0] * inv_a, o[mt][i][1] * inv_a);
+      if (row_b < p.Lq)
+        *reinterpret_cast<uint32_t*>(out + base + row_b * ld_o + col) =
+            pack2<T>(o[mt][i][2] * inv_b, o[mt][i][3] * inv_b);
+    }
   }
 }
 
-template <class T, int D, bool kHasBias>
+template <class T, int D, bool kHasBias, int kMT>
 void launch_flash(const FlashParams& p, int64_t B, int64_t H, int64_t Lq, cudaStream_t st) {
+  constexpr int kBlockM = 16 * kWarps * kMT;
   constexpr size_t kSmem = sizeof(T) * (kBlockM + 4 * kBlockN) * (D + 8);
-  auto kernel = flash_attention_kernel<T, D, kHasBias>;
+  auto kernel = flash_attention_kernel<T, D, kHasBias, kMT>;
   if constexpr (kSmem > 48 * 1024) {
     static bool raised = [&] {
       SD3_CUDA_CHECK(
@@ -322,11 +358,31 @@ void launch_flash(const FlashParams& p, int64_t B, int64_t H, int64_t Lq, cudaSt
   SD3_LAUNCH_CHECK("flash_attention_kernel");
 }
 
+// m-tiles (16 query rows) per warp: 2 halves the shared-memory traffic per MMA (each K and V
+// fragment feeds two MMAs) at the cost of registers (242-252 instead of 130); D = 128 keeps 1
+// to stay unspilled. set_flash_mtiles / SD3_FLASH_MTILES=1|2 override the D = 64 choice for
+// lab comparisons (kernels_bench times both).
+std::atomic<int> g_mtiles_override{-1};
+
+int flash_mtiles(int64_t D) {
+  if (D != 64) return 1;
+  int v = g_mtiles_override.load();
+  if (v < 0) {
+    const char* e = std::getenv("SD3_FLASH_MTILES");
+    v = e ? std::atoi(e) : 0;
+  }
+  return v == 1 ? 1 : 2;
+}
+
 bool flash_ok(const AttnShape& s, DType dt) {
   return (dt == DType::BF16 || dt == DType::F16) && (s.D == 64 || s.D == 128);
 }
 
 }  // namespace
+
+void set_flash_mtiles(int mtiles) {
+  g_mtiles_override.store(mtiles == 1 || mtiles == 2 ? mtiles : -1);
+}
 
 bool flash_attention_supported(const Tensor& q, const AttentionOptions& opt) {
   if (!q.defined() || q.dim() != 3 || opt.heads <= 0 || q.size(2) % opt.heads) return false;
@@ -385,12 +441,15 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   const bool has_bias = bias.defined();
   auto go = [&](auto tag) {
     using T = decltype(tag);
-    if (s.D == 64) {
-      has_bias ? launch_flash<T, 64, true>(p, s.B, s.H, s.Lq, st)
-               : launch_flash<T, 64, false>(p, s.B, s.H, s.Lq, st);
+    if (s.D == 64 && flash_mtiles(64) == 2) {
+      has_bias ? launch_flash<T, 64, true, 2>(p, s.B, s.H, s.Lq, st)
+               : launch_flash<T, 64, false, 2>(p, s.B, s.H, s.Lq, st);
+    } else if (s.D == 64) {
+      has_bias ? launch_flash<T, 64, true, 1>(p, s.B, s.H, s.Lq, st)
+               : launch_flash<T, 64, false, 1>(p, s.B, s.H, s.Lq, st);
     } else {
-      has_bias ? launch_flash<T, 128, true>(p, s.B, s.H, s.Lq, st)
-               : launch_flash<T, 128, false>(p, s.B, s.H, s.Lq, st);
+      has_bias ? launch_flash<T, 128, true, 1>(p, s.B, s.H, s.Lq, st)
+               : launch_flash<T, 128, false, 1>(p, s.B, s.H, s.Lq, st);
     }
   };
   if (q.dtype() == DType::BF16) {

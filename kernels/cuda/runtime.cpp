@@ -200,6 +200,10 @@ const cudaDeviceProp& device_props(int device) {
   return state(device).props;
 }
 
+std::string device_name(int device) {
+  return device_props(device).name;
+}
+
 cublasLtContext* cublaslt_handle(int device) {
   DeviceState& s = state(device);
   std::call_once(s.lt_once, [&] { SD3_CUBLAS_CHECK(cublasLtCreate(&s.lt)); });

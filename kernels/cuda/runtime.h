@@ -17,6 +17,9 @@ bool runtime_available();
 // Why runtime_available() is false (the runtime's own message), or "" when it is true.
 std::string runtime_unavailable_reason();
 
+// The device's name as the driver reports it (e.g. "NVIDIA H100 80GB HBM3"), for reports.
+std::string device_name(int device);
+
 // Device memory from the caching allocator: freed blocks go back to per-size free lists and
 // are reused by later requests of about the same size, so a sampling loop that allocates the
 // same shapes every step never reaches cudaMalloc/cudaFree after its first step.

@@ -78,6 +78,15 @@ TEST_F(CudaAttention, FlashAtSd3TokenCounts) {
   check(1, 2, 64, 4250, 4250, DType::BF16, heads(2));
 }
 
+TEST_F(CudaAttention, FlashOneMTilePerWarpVariant) {
+  cuda::set_flash_mtiles(1);
+  check(2, 3, 64, 410, 410, DType::BF16, heads(3));
+  ops::AttentionOptions opt = heads(2);
+  opt.causal = true;
+  check(1, 2, 64, 130, 130, DType::F16, opt);
+  cuda::set_flash_mtiles(0);
+}
+
 TEST_F(CudaAttention, FlashHeadDim128AndCrossAttention) {
   for (DType dt : {DType::BF16, DType::F16}) {
     check(2, 2, 128, 77, 77, dt, heads(2));

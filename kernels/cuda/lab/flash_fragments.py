@@ -51,9 +51,12 @@ def mma16816(d, a, b0, b1):
             d[lane][e] += sum(A[r][k] * B[k][c] for k in range(16))
 
 
-def flash_block(q, k, v, m0, D, Lq, Lk, scale, causal, bias):
-    """One block of the kernel for queries [m0, m0 + 64); returns {(row, col): value}."""
+def flash_block(q, k, v, m0, D, Lq, Lk, scale, causal, bias, MT):
+    """One block of the kernel (kMT = MT m-tiles per warp) for queries [m0, m0 + 64 MT);
+    returns {(row, col): value}. Each (warp, m-tile) is emulated in turn: the K and V
+    fragments it uses are the same for every m-tile, as in the kernel."""
     pitch = D + 8
+    block_m = BLOCK_M * MT
 
     def load_tile(src, row0, L, rows):
         tile = [0.0] * (rows * pitch)
@@ -64,13 +67,14 @@ def flash_block(q, k, v, m0, D, Lq, Lk, scale, causal, bias):
                     tile[r * pitch + col + e] = src[row0 + r][col + e]
         return tile
 
-    sQ = load_tile(q, m0, Lq, BLOCK_M)
-    kv_end = min(Lk, m0 + BLOCK_M) if causal else Lk
+    sQ = load_tile(q, m0, Lq, block_m)
+    kv_end = min(Lk, m0 + block_m) if causal else Lk
     n_tiles = (kv_end + BLOCK_N - 1) // BLOCK_N
     out = {}
-    for warp in range(K_WARPS):
-        qf = [ldmatrix_x4(sQ, lambda l, kk=kk: (warp * 16 + (l & 15)) * pitch + kk * 16 + (l >> 4) * 8)
-              for kk in range(D // 16)]
+    for warp, mt in [(w, m) for w in range(K_WARPS) for m in range(MT)]:
+        rbase = warp * 16 * MT + mt * 16  # the kernel's warp_row0 - m0 + mt * 16
+        qf = [ldmatrix_x4(sQ, lambda l, kk=kk: (warp * 16 * MT + mt * 16 + (l & 15)) * pitch
+                          + kk * 16 + (l >> 4) * 8) for kk in range(D // 16)]
         o = [[[0.0] * 4 for _ in range(D // 8)] for _ in range(32)]  # [lane][i][e]
         m_a, m_b = [-math.inf] * 32, [-math.inf] * 32
         l_a, l_b = [0.0] * 32, [0.0] * 32
@@ -89,7 +93,7 @@ def flash_block(q, k, v, m0, D, Lq, Lk, scale, causal, bias):
             edge = n0 + BLOCK_N > Lk or (causal and n0 + BLOCK_N - 1 > m0)
             for lane in range(32):
                 g, t = lane >> 2, lane & 3
-                row_a = m0 + warp * 16 + g
+                row_a = m0 + rbase + g
                 row_b = row_a + 8
                 for j in range(BLOCK_N // 8):
                     for e in range(4):
@@ -138,7 +142,7 @@ def flash_block(q, k, v, m0, D, Lq, Lk, scale, causal, bias):
         lb = [sum(l_b[(l & ~3) + i] for i in range(4)) for l in range(32)]
         for lane in range(32):
             g, t = lane >> 2, lane & 3
-            row_a = m0 + warp * 16 + g
+            row_a = m0 + rbase + g
             row_b = row_a + 8
             for i in range(D // 8):
                 col = i * 8 + 2 * t
@@ -168,19 +172,19 @@ def reference(q, k, v, D, Lq, Lk, scale, causal, bias):
     return out
 
 
-def check(D, Lq, Lk, causal, with_bias, seed):
+def check(D, Lq, Lk, causal, with_bias, seed, MT=1):
     rnd = random.Random(seed)
     mat = lambda r, c: [[rnd.gauss(0, 1) for _ in range(c)] for _ in range(r)]
     q, k, v = mat(Lq, D), mat(Lk, D), mat(Lk, D)
     bias = mat(Lq, Lk) if with_bias else None
     scale = 1 / math.sqrt(D)
     got = {}
-    for m0 in range(0, Lq, BLOCK_M):
-        got.update(flash_block(q, k, v, m0, D, Lq, Lk, scale, causal, bias))
+    for m0 in range(0, Lq, BLOCK_M * MT):
+        got.update(flash_block(q, k, v, m0, D, Lq, Lk, scale, causal, bias, MT))
     want = reference(q, k, v, D, Lq, Lk, scale, causal, bias)
     assert set(got) == set(want), "unwritten or extra output elements"
     err = max(abs(got[x] - want[x]) for x in want)
-    print(f"D={D} Lq={Lq} Lk={Lk} causal={causal} bias={with_bias}: max |err| = {err:.2e}")
+    print(f"D={D} kMT={MT} Lq={Lq} Lk={Lk} causal={causal} bias={with_bias}: max |err| = {err:.2e}")
     assert err < 1e-9, "fragment mapping error"
 
 
@@ -189,4 +193,6 @@ if __name__ == "__main__":
     check(64, 70, 70, True, False, 2)
     check(64, 5, 130, False, True, 3)
     check(128, 17, 65, False, False, 4)
+    check(64, 150, 150, True, False, 5, MT=2)
+    check(64, 40, 77, False, True, 6, MT=2)
     print("fragment layouts consistent")
