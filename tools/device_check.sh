@@ -4,8 +4,8 @@
 # The CUDA backend's check on a GPU machine that has only the CUDA toolkit, CMake, ninja and
 # Python (+ PyTorch): builds (or reuses) the project, runs every CUDA test, compute-sanitizer
 # memcheck and racecheck on the small kernel tests, the kernel benchmarks, PyTorch's SDPA at
-# the same attention shapes for the cuDNN / flash-attention reference, and, once the program
-# exists, the full-size random-weight generation; writes results.md (a short table) and full
+# the same attention shapes for the cuDNN / flash-attention reference, and the full-size
+# random-weight SD3-medium generation at 1024x1024; writes results.md (a short table) and full
 # logs into DIR (8 files at most, the device tool's limit).
 #
 #   --quick        tests and the four fused-kernel benchmarks only (target: 2 minutes)
@@ -101,10 +101,7 @@ fi
       -DSD3_BUILD_TESTS=ON -DSD3_BUILD_BENCH=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
       -DCMAKE_POLICY_VERSION_MINIMUM=3.5 "${cmake_extra[@]}"
   fi
-  targets=(sd3_cuda_tests kernels_bench)
-  if ninja -C "$build" -t targets all 2>/dev/null | grep -q '^sd3-bench-e2e:'; then
-    targets+=(sd3-bench-e2e)
-  fi
+  targets=(sd3_cuda_tests kernels_bench sd3_e2e_bench)
   cmake --build "$build" -j"${SD3_BUILD_JOBS:-16}" --target "${targets[@]}"
 } > "$out/build.log" 2>&1 || phase_fail "build (see build.log)"
 log "build done"
@@ -145,15 +142,19 @@ log "kernel benchmarks done"
 PYTHONUNBUFFERED=1 timeout 90 python3 "$root/tools/sdpa_bench.py" --out "$out/sdpa.json" \
   $( ((quick)) && echo --quick ) >> "$out/run.log" 2>&1 || log "PyTorch SDPA reference unavailable"
 
-# ---- full-size generation (once the program exists) ----------------------------------------------
-# STEP E2E: the SD3-medium MMDiT + VAE at 1024x1024 with random weights made in memory.
+# ---- full-size generation ------------------------------------------------------------------------
+# STEP E2E: the SD3-medium MMDiT + VAE at 1024x1024 with random weights made in memory, random
+# text conditioning, 4 Euler steps with CFG: seconds per step and peak GPU memory
+# (bench/cuda/sd3_e2e_bench.cpp; set SD3_E2E to another program taking the same flags, e.g.
+# the runner's own benchmark once it exists).
 if ((!quick)); then
-  e2e="$build/bin/sd3-bench-e2e"
+  e2e="${SD3_E2E:-$build/bench/sd3_e2e_bench}"
   if [ -x "$e2e" ]; then
     timeout 180 "$e2e" --backend cuda --size 1024 --steps 4 --json "$out/e2e.json" \
-      >> "$out/run.log" 2>&1 || phase_fail "end-to-end generation"
+      >> "$out/run.log" 2>&1 || phase_fail "end-to-end generation ($e2e)"
+    log "STEP E2E done: $(cat "$out/e2e.json" 2>/dev/null)"
   else
-    log "STEP E2E skipped: $e2e not built yet (models/runner issues)"
+    log "STEP E2E skipped: no end-to-end program built"
   fi
 fi
 

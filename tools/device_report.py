@@ -99,7 +99,7 @@ def main():
     if e2e:
         print("```\n" + json.dumps(e2e, indent=1) + "\n```")
     else:
-        print("not run (sd3-bench-e2e not built yet)")
+        print("not run (see run.log)")
 
 
 if __name__ == "__main__":
