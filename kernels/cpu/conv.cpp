@@ -7,8 +7,6 @@
 // W [Cout, Cin*kh*kw] by it, writing the band of every output channel in place (ldc = Hout*Wout).
 // A band holds at most about kColFloats values, so a 1024x1024 VAE layer needs tens of MiB
 // of scratch, not gigabytes.
-#include <cblas.h>
-
 #include <cstring>
 
 #include "kernels/cpu/cpu_common.h"
@@ -52,10 +50,8 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
     const float* xp = xf.data<float>();
     if (kh == 1 && kw == 1 && s == 1 && pt + pb + pl + pr == 0) {
       for (int64_t b = 0; b < nb; ++b)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(cout),
-                    static_cast<blasint>(plane), static_cast<blasint>(cin), 1.0f, wp,
-                    static_cast<blasint>(cin), xp + b * cin * h * wd, static_cast<blasint>(plane),
-                    0.0f, y + b * cout * plane, static_cast<blasint>(plane));
+        detail::sgemm(false, false, cout, plane, cin, 1.0f, wp, cin, xp + b * cin * h * wd, plane,
+                      0.0f, y + b * cout * plane, plane);
     } else {
       // Note [CPU conv2d]
       const int64_t band = std::clamp<int64_t>(kColFloats / (kdim * wo), 1, ho);
@@ -88,10 +84,8 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
               std::fill(dst + ox1, dst + wo, 0.0f);
             }
           }
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(cout),
-                      static_cast<blasint>(ncols), static_cast<blasint>(kdim), 1.0f, wp,
-                      static_cast<blasint>(kdim), col.data(), static_cast<blasint>(ncols), 0.0f,
-                      y + b * cout * plane + r0 * wo, static_cast<blasint>(plane));
+          detail::sgemm(false, false, cout, ncols, kdim, 1.0f, wp, kdim, col.data(), ncols, 0.0f,
+                        y + b * cout * plane + r0 * wo, plane);
         }
       }
     }

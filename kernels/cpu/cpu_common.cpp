@@ -211,16 +211,71 @@ Tensor OutF32::finish() {
   return out_;
 }
 
-// ---- threading ----------------------------------------------------------------------------
+// ---- threading and sgemm ------------------------------------------------------------------
 
 BlasSingleThread::BlasSingleThread() : saved_(openblas_get_num_threads()) {
-  // An OpenMP build of OpenBLAS also sets the OpenMP thread count here; callers take their
-  // own count (omp_get_max_threads) before making the guard.
-  if (saved_ != 1) openblas_set_num_threads(1);
+  if (saved_ != 1) {
+    // An OpenMP build of OpenBLAS would also change the OpenMP thread count here: keep ours.
+    const int omp_threads = omp_get_max_threads();
+    openblas_set_num_threads(1);
+    omp_set_num_threads(omp_threads);
+  }
 }
 
 BlasSingleThread::~BlasSingleThread() {
-  if (saved_ != 1) openblas_set_num_threads(saved_);
+  if (saved_ != 1) {
+    const int omp_threads = omp_get_max_threads();
+    openblas_set_num_threads(saved_);
+    omp_set_num_threads(omp_threads);
+  }
+}
+
+int gemm_threads(int64_t m, int64_t n, int64_t k) {
+  if (omp_in_parallel()) return 1;
+  const double flops =
+      2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+  return flops < 4e6 ? 1 : omp_get_max_threads();
+}
+
+std::pair<int64_t, int64_t> split_range(int64_t n, int parts, int index, int64_t align) {
+  int64_t step = (n + parts - 1) / parts;
+  step = (step + align - 1) / align * align;
+  const int64_t begin = std::min(n, step * index);
+  const int64_t end = index == parts - 1 ? n : std::min(n, begin + step);
+  return {begin, end};
+}
+
+void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                  int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(m), static_cast<blasint>(n),
+              static_cast<blasint>(k), alpha, a, static_cast<blasint>(std::max<int64_t>(lda, 1)), b,
+              static_cast<blasint>(std::max<int64_t>(ldb, 1)), beta, c,
+              static_cast<blasint>(std::max<int64_t>(ldc, 1)));
+}
+
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  BlasSingleThread guard;
+  const int nt = gemm_threads(m, n, k);
+  if (nt <= 1) return sgemm_serial(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  const bool by_columns = n >= m;
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    if (by_columns) {
+      const auto [j0, j1] = split_range(n, omp_get_num_threads(), t, 16);
+      // Column j of op(B) starts at b + j * ldb when B is stored transposed (N x K), else b + j.
+      sgemm_serial(trans_a, trans_b, m, j1 - j0, k, alpha, a, lda, b + (trans_b ? j0 * ldb : j0),
+                   ldb, beta, c + j0, ldc);
+    } else {
+      const auto [i0, i1] = split_range(m, omp_get_num_threads(), t, 16);
+      sgemm_serial(trans_a, trans_b, i1 - i0, n, k, alpha, a + (trans_a ? i0 : i0 * lda), lda, b,
+                   ldb, beta, c + i0 * ldc, ldc);
+    }
+  }
 }
 
 // ---- broadcasting and iteration ------------------------------------------------------------

@@ -64,11 +64,18 @@ class OutF32 {
 // tensor). Dimensions are coalesced and rows copied in parallel.
 void copy_strided(const Tensor& src, const Tensor& dst);
 
-// ---- threading ----------------------------------------------------------------------------
+// ---- threading and sgemm ------------------------------------------------------------------
+//
+// Note [One thread pool]
+// OpenBLAS (the pthreads build Debian ships) has its own worker threads, and they busy-wait
+// (sched_yield) for a while after each call; OpenMP workers spin after each region too. Mixing
+// multi-threaded sgemm with OpenMP loops on a machine with as many cores as threads makes the
+// two pools fight: a 2 x 1536 x 9216 f16 linear took 12x longer on 2 threads than on 1. So
+// the CPU kernels never let OpenBLAS thread: every sgemm runs single-threaded inside an
+// OpenMP region that splits the product into bands (detail::sgemm), and all parallelism
+// comes from the one OpenMP pool.
 
-// Inside a region where OpenMP threads each call sgemm, OpenBLAS must run single-threaded
-// or the calls oversubscribe the cores (and, with the pthreads build, serialise on its
-// server lock). Sets OpenBLAS to one thread for the guard's lifetime.
+// Keeps OpenBLAS single-threaded for the guard's lifetime (nests; restores the setting).
 class BlasSingleThread {
  public:
   BlasSingleThread();
@@ -79,6 +86,24 @@ class BlasSingleThread {
  private:
   int saved_;
 };
+
+// Threads worth using for an m x n x k product: 1 for small ones (under ~4 MFLOP) and inside
+// an enclosing parallel region, else all OpenMP threads.
+int gemm_threads(int64_t m, int64_t n, int64_t k);
+
+// [begin, end) of part `index` when [0, n) is cut into `parts` pieces whose boundaries are
+// multiples of `align` (the last piece takes the remainder).
+std::pair<int64_t, int64_t> split_range(int64_t n, int parts, int index, int64_t align);
+
+// Row-major C = alpha op(A) op(B) + beta C (op = transpose when the flag is set), on the
+// calling thread. The caller holds a BlasSingleThread.
+void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                  int64_t ldc);
+// The same product split over the OpenMP threads in bands of columns of C (or of rows when C
+// is taller than wide); Note [One thread pool].
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
 // Below this many elements an elementwise loop stays on one thread.
 constexpr int64_t kParallelGrain = 1 << 15;

@@ -4,8 +4,6 @@
 // f16/bf16 weights are converted to f32 in blocks of output rows, each block small enough to
 // stay in the last-level cache while sgemm reads it (about 8 MiB), so converting a weight
 // per use costs one pass over it and never a full f32 copy in memory.
-#include <cblas.h>
-
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/cpu_ops.h"
 
@@ -13,37 +11,23 @@ namespace sd3::cpu {
 
 namespace {
 
-constexpr int64_t kWeightBlockFloats = int64_t{2} << 20;  // 8 MiB of f32
+constexpr int64_t kWeightBlockFloats = int64_t{2} << 20;  // 8 MiB of f32, all threads together
 
-// C[M, N] (ldc) = A[M, K] (lda) * W[N, K]^T for a weight tensor of any dtype and strides.
-void gemm_xwt(const float* a, int64_t lda, const Tensor& w, float* c, int64_t ldc, int64_t m) {
+// How sgemm reads W [N, K] as op(B) in C = A op(B): in place (f32 with unit stride along K,
+// or a transposed view of a [K, N] matrix), or through conversion of blocks of rows.
+struct WeightLayout {
+  bool direct = false;
+  bool trans = true;  // op(B) = W^T, W stored row-major [N, K]
+  int64_t ld = 0;
+};
+WeightLayout weight_layout(const Tensor& w) {
   const int64_t n = w.size(0), k = w.size(1);
-  const auto M = static_cast<blasint>(m), N = static_cast<blasint>(n), K = static_cast<blasint>(k);
-  if (w.dtype() == DType::F32 && (w.stride(1) == 1 || k == 1) && (w.stride(0) >= k || n == 1)) {
-    const auto ldw = static_cast<blasint>(n == 1 ? std::max<int64_t>(k, 1) : w.stride(0));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, lda, w.data<float>(),
-                ldw, 0.0f, c, ldc);
-    return;
-  }
-  if (w.dtype() == DType::F32 && (w.stride(0) == 1 || n == 1) && (w.stride(1) >= n || k == 1)) {
-    // A transposed view of a [K, N] matrix: read it as is.
-    const auto ldw = static_cast<blasint>(k == 1 ? std::max<int64_t>(n, 1) : w.stride(1));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, lda, w.data<float>(),
-                ldw, 0.0f, c, ldc);
-    return;
-  }
-  // Note [Weights of another dtype in linear]
-  const int64_t rows_per_block =
-      std::clamp<int64_t>(kWeightBlockFloats / std::max<int64_t>(k, 1) / 64 * 64, 64, n);
-  Tensor block = Tensor::empty({rows_per_block, k}, DType::F32);
-  for (int64_t n0 = 0; n0 < n; n0 += rows_per_block) {
-    const int64_t nb = std::min(rows_per_block, n - n0);
-    Tensor dst = block.slice(0, 0, nb);
-    detail::copy_strided(w.slice(0, n0, n0 + nb), dst);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, static_cast<blasint>(nb), K, 1.0f, a,
-                lda, block.data<float>(), static_cast<blasint>(std::max<int64_t>(k, 1)), 0.0f,
-                c + n0, ldc);
-  }
+  if (w.dtype() != DType::F32) return {};
+  if ((w.stride(1) == 1 || k == 1) && (w.stride(0) >= k || n == 1))
+    return {true, true, n == 1 ? std::max<int64_t>(k, 1) : w.stride(0)};
+  if ((w.stride(0) == 1 || n == 1) && (w.stride(1) >= n || k == 1))
+    return {true, false, k == 1 ? std::max<int64_t>(n, 1) : w.stride(1)};
+  return {};
 }
 
 // How sgemm can read the last two dimensions of t as a rows x cols matrix in place.
@@ -78,17 +62,61 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation a
   const int64_t m = shape_numel(shape) / std::max<int64_t>(n, 1);
   if (m == 0 || n == 0) return out.finish();
   float* y = out.ptr();
+  const std::vector<float> b = detail::vector_f32(bias);
+  const float* bp = b.empty() ? nullptr : b.data();
+  // Bias and activation over rows [i0, i1) x columns [j0, j1) of y, right after its product.
+  auto epilogue = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    if (!bp && act == Activation::None) return;
+    for (int64_t r = i0; r < i1; ++r)
+      detail::bias_activation_row(y + r * n + j0, bp ? bp + j0 : nullptr, j1 - j0, act);
+  };
   if (k == 0) {
     std::fill_n(y, m * n, 0.0f);
-  } else {
-    const detail::RowsF32 a = detail::rows_f32(x);
-    gemm_xwt(a.data, a.ld, w, y, n, m);
+    epilogue(0, m, 0, n);
+    return out.finish();
   }
-  const std::vector<float> b = detail::vector_f32(bias);
-  if (!b.empty() || act != Activation::None) {
-    const float* bp = b.empty() ? nullptr : b.data();
-#pragma omp parallel for schedule(static) if (m * n >= detail::kParallelGrain)
-    for (int64_t r = 0; r < m; ++r) detail::bias_activation_row(y + r * n, bp, n, act);
+
+  const detail::RowsF32 a = detail::rows_f32(x);
+  const WeightLayout wl = weight_layout(w);
+  const int nt = detail::gemm_threads(m, n, k);
+  // Note [One thread pool]: each thread multiplies a band of output columns (a band of rows
+  // when there are too few columns), with single-threaded sgemm, and finishes its band with
+  // the epilogue while the band is recent in cache.
+  const bool by_columns = n >= 16 * nt || !wl.direct;
+  // Note [Weights of another dtype in linear]: each thread converts its own blocks of rows.
+  const int64_t block_rows =
+      wl.direct ? 0 : std::max<int64_t>(16, kWeightBlockFloats / nt / k / 16 * 16);
+  std::vector<float> blocks(static_cast<size_t>(nt * block_rows * k));
+  const char* wbase = static_cast<const char*>(w.raw_data());
+  const int64_t wes = static_cast<int64_t>(dtype_size(w.dtype()));
+  detail::BlasSingleThread guard;
+
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), parts = omp_get_num_threads();
+    if (!by_columns) {
+      const auto [i0, i1] = detail::split_range(m, parts, t, 16);
+      detail::sgemm_serial(false, wl.trans, i1 - i0, n, k, 1.0f, a.data + i0 * a.ld, a.ld,
+                           w.data<float>(), wl.ld, 0.0f, y + i0 * n, n);
+      epilogue(i0, i1, 0, n);
+    } else {
+      const auto [j0, j1] = detail::split_range(n, parts, t, 16);
+      if (wl.direct) {
+        const float* wp = w.data<float>() + (wl.trans ? j0 * wl.ld : j0);
+        detail::sgemm_serial(false, wl.trans, m, j1 - j0, k, 1.0f, a.data, a.ld, wp, wl.ld, 0.0f,
+                             y + j0, n);
+      } else {
+        float* buf = blocks.data() + static_cast<size_t>(t) * block_rows * k;
+        for (int64_t jb = j0; jb < j1; jb += block_rows) {
+          const int64_t nb = std::min(block_rows, j1 - jb);
+          for (int64_t r = 0; r < nb; ++r)
+            detail::to_f32_strided(wbase + (jb + r) * w.stride(0) * wes, w.dtype(), w.stride(1),
+                                   buf + r * k, k);
+          detail::sgemm_serial(false, true, m, nb, k, 1.0f, a.data, a.ld, buf, k, 0.0f, y + jb, n);
+        }
+      }
+      epilogue(0, m, j0, j1);
+    }
   }
   return out.finish();
 }
@@ -144,22 +172,19 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   const std::vector<int64_t> aoff = batch_offsets(af), boff = batch_offsets(bf);
   const float* ap = af.data<float>();
   const float* bp = bf.data<float>();
-  auto one = [&](int64_t i) {
-    cblas_sgemm(CblasRowMajor, la.trans ? CblasTrans : CblasNoTrans,
-                lb.trans ? CblasTrans : CblasNoTrans, static_cast<blasint>(m),
-                static_cast<blasint>(n), static_cast<blasint>(k), 1.0f, ap + aoff[i],
-                static_cast<blasint>(la.ld), bp + boff[i], static_cast<blasint>(lb.ld), 0.0f,
-                y + i * m * n, static_cast<blasint>(n));
-  };
-  // Many small products: one per thread with single-threaded BLAS; few large ones: let
-  // BLAS split each.
+  // Many products: one per thread at a time; few: each split over the threads
+  // (Note [One thread pool]).
   const int nthreads = omp_get_max_threads();
   if (nthreads > 1 && batch >= 2 * nthreads) {
     detail::BlasSingleThread guard;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (int64_t i = 0; i < batch; ++i) one(i);
+    for (int64_t i = 0; i < batch; ++i)
+      detail::sgemm_serial(la.trans, lb.trans, m, n, k, 1.0f, ap + aoff[i], la.ld, bp + boff[i],
+                           lb.ld, 0.0f, y + i * m * n, n);
   } else {
-    for (int64_t i = 0; i < batch; ++i) one(i);
+    for (int64_t i = 0; i < batch; ++i)
+      detail::sgemm(la.trans, lb.trans, m, n, k, 1.0f, ap + aoff[i], la.ld, bp + boff[i], lb.ld,
+                    0.0f, y + i * m * n, n);
   }
   return out.finish();
 }
