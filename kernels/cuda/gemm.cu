@@ -12,7 +12,8 @@
 // The heuristic query costs tens of microseconds, so its answer is cached per shape, dtype,
 // epilogue and operand alignment (cuBLASLt assumes 256-byte aligned operands unless told;
 // the real alignment of each pointer is passed as a preference and is part of the key). The
-// workspace (32 MiB per device) comes once from the caching allocator.
+// workspace (32 MiB per device) comes once from the caching allocator. A half-precision
+// shape cuBLASLt has no algorithm for (odd leading dimensions) is computed in f32 and rounded.
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -84,6 +85,12 @@ void set_batch(cublasLtMatrixLayout_t l, int64_t batch, int64_t stride) {
 }  // namespace
 
 void gemm(const GemmDesc& d) {
+  SD3_CHECK(try_gemm(d), "gemm: cuBLASLt has no algorithm for ", d.M, "x", d.N, "x", d.K,
+            " (batch ", d.batch, ") in ", dtype_name(d.ab), " -> ", dtype_name(d.cd),
+            d.bias ? " with bias" : "", d.gelu_tanh ? " with GELU" : "");
+}
+
+bool try_gemm(const GemmDesc& d) {
   SD3_CHECK(d.M > 0 && d.N > 0 && d.K > 0 && d.batch > 0, "gemm: empty product ", d.M, "x", d.N,
             "x", d.K);
   SD3_CHECK(d.batch < (1LL << 31), "gemm: batch ", d.batch, " too large");
@@ -173,12 +180,12 @@ void gemm(const GemmDesc& d) {
           ds.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c));
       cublasLtMatmulHeuristicResult_t res{};
       int found = 0;
-      SD3_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(h, ds.op, ds.a, ds.b, ds.c, ds.c, ds.pref, 1,
-                                                      &res, &found));
-      SD3_CHECK(found > 0 && res.state == CUBLAS_STATUS_SUCCESS,
-                "gemm: cuBLASLt has no algorithm for ", d.M, "x", d.N, "x", d.K, " (batch ",
-                d.batch, ") in ", dtype_name(d.ab), " -> ", dtype_name(d.cd),
-                d.bias ? " with bias" : "", d.gelu_tanh ? " with GELU" : "");
+      const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(h, ds.op, ds.a, ds.b, ds.c, ds.c,
+                                                               ds.pref, 1, &res, &found);
+      if (hs == CUBLAS_STATUS_NOT_SUPPORTED || (hs == CUBLAS_STATUS_SUCCESS && found == 0) ||
+          (hs == CUBLAS_STATUS_SUCCESS && res.state != CUBLAS_STATUS_SUCCESS))
+        return false;
+      SD3_CUBLAS_CHECK(hs);
       algo = res.algo;
       cache.algos.emplace(key, algo);
     }
@@ -186,6 +193,7 @@ void gemm(const GemmDesc& d) {
   const float alpha = d.alpha, beta = 0.0f;
   SD3_CUBLAS_CHECK(cublasLtMatmul(h, ds.op, &alpha, d.b, ds.a, d.a, ds.b, &beta, d.c, ds.c, d.c,
                                   ds.c, &algo, workspace, kWorkspaceBytes, st));
+  return true;
 }
 
 // ---- ops --------------------------------------------------------------------------------------
@@ -232,7 +240,14 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Act
   d.ab = d.cd = dt;
   d.bias = bias.defined() ? bias.raw_data() : nullptr;
   d.gelu_tanh = act == Activation::GeluTanh;
-  gemm(d);
+  if (!try_gemm(d)) {
+    SD3_CHECK(dt != DType::F32, "linear: cuBLASLt has no f32 algorithm for ", x.str(), " x ",
+              w.str());
+    // No half-precision algorithm for this shape: compute in f32 and round once.
+    return cast(cuda::linear(cast(x, DType::F32), cast(w, DType::F32),
+                             bias.defined() ? cast(bias, DType::F32) : Tensor(), act),
+                dt);
+  }
   if (act != Activation::None && act != Activation::GeluTanh) return cuda::activation(out, act);
   return out;
 }
@@ -280,7 +295,11 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   d.ldc = N;
   d.stride_c = M * N;
   d.ab = d.cd = dt;
-  gemm(d);
+  if (!try_gemm(d)) {
+    SD3_CHECK(dt != DType::F32, "matmul: cuBLASLt has no f32 algorithm for ", a.str(), " @ ",
+              b.str());
+    return cast(cuda::matmul(cast(a, DType::F32), cast(b, DType::F32)), dt);
+  }
   return out;
 }
 

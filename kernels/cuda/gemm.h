@@ -30,5 +30,8 @@ struct GemmDesc {
 };
 
 void gemm(const GemmDesc& d);
+// As gemm, but returns false (running nothing) when cuBLASLt offers no algorithm for the
+// descriptor (odd shapes or alignments in f16/bf16); callers then fall back to f32.
+bool try_gemm(const GemmDesc& d);
 
 }  // namespace sd3::cuda
