@@ -122,9 +122,11 @@ if ((!quick)); then
   : > "$out/sanitizer.log"
   for tool in memcheck racecheck synccheck; do
     filter='CudaSanitize.*'
-    [ "$tool" = memcheck ] && filter='CudaSanitize.*:CudaLayout.*:CudaElementwise.*'
+    limit=60
+    [ "$tool" = memcheck ] && filter='CudaSanitize.*:CudaLayout.*' && limit=100
+    [ "$tool" = synccheck ] && limit=45
     echo "==== $tool ($filter)" >> "$out/sanitizer.log"
-    SD3_CUDA_ALLOC=direct timeout 150 "$san" --tool "$tool" --error-exitcode 3 \
+    SD3_CUDA_ALLOC=direct timeout "$limit" "$san" --tool "$tool" --error-exitcode 3 \
       "$tests" --gtest_filter="$filter" --gtest_color=no >> "$out/sanitizer.log" 2>&1
     rc=$?
     echo "==== $tool exit $rc" >> "$out/sanitizer.log"
