@@ -114,8 +114,7 @@ Tensor softmax(const Tensor& x) {
   const detail::RowsF32 in = detail::rows_f32(x);
   float* y = out.ptr();
 #pragma omp parallel for schedule(static) if (x.numel() >= detail::kParallelGrain)
-  for (int64_t r = 0; r < in.rows; ++r)
-    detail::softmax_row(y + r * in.cols, in.data + r * in.ld, in.cols);
+  for (int64_t r = 0; r < in.rows; ++r) detail::softmax_row(y + r * in.cols, in.row(r), in.cols);
   return out.finish();
 }
 

@@ -148,7 +148,7 @@ Tensor as_f32(const Tensor& t) {
   return out;
 }
 
-RowsF32 rows_f32(const Tensor& t) {
+RowsF32 rows_f32(const Tensor& t, bool need_uniform) {
   SD3_ASSERT(t.dim() >= 1);
   RowsF32 r;
   r.cols = t.size(-1);
@@ -157,26 +157,36 @@ RowsF32 rows_f32(const Tensor& t) {
   if (t.dtype() == DType::F32 && (t.stride(-1) == 1 || r.cols == 1)) {
     // Leading dimensions collapse into one row stride when each steps over the next.
     int64_t ld = -1, expect = -1;
-    bool ok = true;
-    for (int64_t d = t.dim() - 2; d >= 0 && ok; --d) {
+    bool uniform = true;
+    for (int64_t d = t.dim() - 2; d >= 0; --d) {
       if (t.size(d) == 1) continue;
       if (ld < 0) {
         ld = t.stride(d);
       } else if (t.stride(d) != expect) {
-        ok = false;
+        uniform = false;
       }
       expect = t.stride(d) * t.size(d);
     }
     if (ld < 0) ld = r.cols;
-    if (ok && ld >= r.cols) {
-      r.data = t.data<float>();
+    r.data = t.data<float>();
+    if (uniform && ld >= r.cols) {
       r.ld = std::max<int64_t>(ld, 1);
+      return r;
+    }
+    if (!need_uniform && t.dim() - 1 <= kMaxRankRows) {
+      r.uniform = false;
+      r.nlead = t.dim() - 1;
+      for (int64_t d = 0; d < r.nlead; ++d) {
+        r.lead_sizes[d] = t.size(d);
+        r.lead_strides[d] = t.stride(d);
+      }
       return r;
     }
   }
   r.keep = as_f32(t);
   r.data = r.keep.data<float>();
   r.ld = std::max<int64_t>(r.cols, 1);
+  r.uniform = true;
   return r;
 }
 

@@ -12,6 +12,8 @@
 
 namespace sd3::cpu::detail {
 
+constexpr int kMaxRankRows = 16;
+
 // ---- argument checks ----------------------------------------------------------------------
 
 // Throws unless t is defined and has a float dtype (f32, f16, bf16).
@@ -32,15 +34,30 @@ void to_f32_strided(const void* src, DType dtype, int64_t stride, float* dst, in
 
 // t as a contiguous f32 tensor: t itself when it already is one, else a converted copy.
 Tensor as_f32(const Tensor& t);
-// t [..., cols] as a row-major matrix of f32 rows with unit column stride and one row stride
-// (ld >= cols), so BLAS can read it in place: no copy for f32 tensors whose leading
-// dimensions collapse (contiguous tensors and slices along the last dimension).
+// t [..., cols] as f32 rows with unit column stride, read in place when t is f32 with unit
+// stride along the last dimension (else a converted contiguous copy). When the leading
+// dimensions collapse into one row stride (contiguous tensors, slices along the last
+// dimension), `uniform` is set and row r starts at data + r * ld, so BLAS can read it as a
+// matrix; otherwise (e.g. one head of a [B, L, 3, H, D] view) row() walks the strides.
 struct RowsF32 {
   const float* data = nullptr;
   int64_t rows = 0, cols = 0, ld = 0;
+  bool uniform = true;
+  int64_t nlead = 0;
+  int64_t lead_sizes[kMaxRankRows] = {}, lead_strides[kMaxRankRows] = {};
   Tensor keep;  // owns a converted copy when one was needed
+  const float* row(int64_t r) const {
+    if (uniform) return data + r * ld;
+    int64_t off = 0;
+    for (int64_t d = nlead - 1; d >= 0; --d) {
+      off += (r % lead_sizes[d]) * lead_strides[d];
+      r /= lead_sizes[d];
+    }
+    return data + off;
+  }
 };
-RowsF32 rows_f32(const Tensor& t);
+// need_uniform: copy rather than return non-uniform rows (for BLAS).
+RowsF32 rows_f32(const Tensor& t, bool need_uniform = false);
 
 // A float vector (weight/bias [n]) as contiguous f32 values; empty when t is undefined.
 std::vector<float> vector_f32(const Tensor& t);

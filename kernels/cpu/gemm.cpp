@@ -76,7 +76,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation a
     return out.finish();
   }
 
-  const detail::RowsF32 a = detail::rows_f32(x);
+  const detail::RowsF32 a = detail::rows_f32(x, /*need_uniform=*/true);
   const WeightLayout wl = weight_layout(w);
   const int nt = detail::gemm_threads(m, n, k);
   // Note [One thread pool]: each thread multiplies a band of output columns (a band of rows

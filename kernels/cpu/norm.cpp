@@ -101,7 +101,7 @@ Tensor layer_norm_rows(const Tensor& x, float eps, Affine per_row_affine) {
   float* y = out.ptr();
 #pragma omp parallel for schedule(static) if (x.numel() >= detail::kParallelGrain)
   for (int64_t r = 0; r < in.rows; ++r) {
-    const float* xr = in.data + r * in.ld;
+    const float* xr = in.row(r);
     const float mean = static_cast<float>(row_sum(xr, c) / static_cast<double>(c));
     const double var = row_sq_dev(xr, c, mean) / static_cast<double>(c);
     const float rstd = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
@@ -187,7 +187,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
   float* y = out.ptr();
 #pragma omp parallel for schedule(static) if (x.numel() >= detail::kParallelGrain)
   for (int64_t r = 0; r < in.rows; ++r) {
-    const float* xr = in.data + r * in.ld;
+    const float* xr = in.row(r);
     const double ms = row_sq_dev(xr, c, 0.0f) / static_cast<double>(c);
     const float rstd = static_cast<float>(1.0 / std::sqrt(ms + static_cast<double>(eps)));
     scale_row(y + r * c, xr, c, rstd, wp);

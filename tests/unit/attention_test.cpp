@@ -154,9 +154,9 @@ TEST(Attention, NonContiguousInputsAndThreads) {
   auto [one, two] = run_1_and_2_threads([&] { return run_attention(q, k, v, opt, true); });
   expect_close(one, r.ref, r.tol, "attention on qkv slices, 1 thread");
   expect_close(two, r.ref, r.tol, "attention on qkv slices, 2 threads");
-  for (int layout = 0; layout < 3; ++layout)
+  for (int layout = 0; layout < kLayouts; ++layout)
     expect_close(run_attention(noncontiguous(q.contiguous(), layout), k,
-                               noncontiguous(v.contiguous(), 2 - layout), opt, true),
+                               noncontiguous(v.contiguous(), (layout + 2) % kLayouts), opt, true),
                  r.ref, r.tol, "attention layout " + std::to_string(layout));
 }
 

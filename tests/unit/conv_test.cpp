@@ -69,9 +69,9 @@ TEST(Conv2d, KernelsStridesPaddingsDtypes) {
           ops::Conv2dOptions opt{c.stride, c.pt, c.pb, c.pl, c.pr};
           std::vector<double> ref, tol;
           ref_conv(x, wt, bias, c, xd, ref, tol);
-          for (int layout = -1; layout < (big ? 0 : 3); ++layout) {
+          for (int layout = -1; layout < (big ? 0 : kLayouts); ++layout) {
             Tensor xv = layout < 0 ? x : noncontiguous(x, layout);
-            Tensor wv = layout < 0 ? wt : noncontiguous(wt, 2 - layout);
+            Tensor wv = layout < 0 ? wt : noncontiguous(wt, (layout + 2) % kLayouts);
             auto [one, two] = run_1_and_2_threads([&] { return ops::conv2d(xv, wv, bias, opt); });
             ASSERT_EQ(one.dtype(), xd);
             const std::string what = "conv2d x " + x.str() + " w " + wt.str() + " stride " +

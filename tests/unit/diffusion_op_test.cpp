@@ -27,7 +27,7 @@ TEST(GatedAdd, BroadcastsTheGateOverTokens) {
                       unit_roundoff(dt) * std::fabs(ref.back()));
       }
       auto [one, two] = run_1_and_2_threads(
-          [&] { return ops::gated_add(noncontiguous(x, 1), gate, noncontiguous(y, 0)); });
+          [&] { return ops::gated_add(noncontiguous(x, 1), gate, noncontiguous(y, 3)); });
       ASSERT_EQ(one.dtype(), dt);
       expect_close(one, ref, tol, "gated_add " + x.str());
       expect_equal(two, one, "gated_add 2 threads vs 1");

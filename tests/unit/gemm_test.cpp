@@ -100,8 +100,8 @@ TEST(Linear, NonContiguousInputsAndWeights) {
     Tensor b = randn(rng, {19});
     std::vector<double> ref, tol;
     ref_linear(x, w, b, Activation::GeluTanh, DType::F32, ref, tol);
-    for (int xk = 0; xk < 3; ++xk)
-      for (int wk = 0; wk < 3; ++wk)
+    for (int xk = 0; xk < kLayouts; ++xk)
+      for (int wk = 0; wk < kLayouts; ++wk)
         expect_close(ops::linear(noncontiguous(x, xk), noncontiguous(w, wk), noncontiguous(b, 2),
                                  Activation::GeluTanh),
                      ref, tol,
@@ -215,8 +215,8 @@ TEST(Matmul, BatchedBroadcastNonContiguousAndHalf) {
         Tensor a = randn(rng, c.a, ad), b = randn(rng, c.b, bd);
         std::vector<double> ref, tol;
         ref_matmul(a, b, c.out, ad, ref, tol);
-        for (int ak = -1; ak < 3; ++ak) {
-          for (int bk = -1; bk < 3; ++bk) {
+        for (int ak = -1; ak < kLayouts; ++ak) {
+          for (int bk = -1; bk < kLayouts; ++bk) {
             Tensor av = ak < 0 ? a : noncontiguous(a, ak), bv = bk < 0 ? b : noncontiguous(b, bk);
             Tensor y = ops::matmul(av, bv);
             ASSERT_EQ(y.shape(), c.out);

@@ -92,7 +92,7 @@ TEST(LayerNorm, AffineVariantsDtypesLayouts) {
         const float eps = affine == 1 ? 1e-5f : 1e-6f;
         NormRef r = ref_norm(x, c, c, false, per_channel(w, c, 1, 1.0), per_channel(b, c, 1, 0.0),
                              eps, ops::Activation::None, dt);
-        for (int layout = -1; layout < 3; ++layout) {
+        for (int layout = -1; layout < kLayouts; ++layout) {
           Tensor xv = layout < 0 ? x : noncontiguous(x, layout);
           auto [one, two] = run_1_and_2_threads([&] { return ops::layer_norm(xv, w, b, eps); });
           ASSERT_EQ(one.dtype(), dt);
@@ -123,7 +123,7 @@ TEST(RmsNorm, WithAndWithoutWeight) {
         NormRef r = ref_norm(
             x, c, c, true, per_channel(w, c, 1, 1.0), [](int64_t) { return 0.0; }, 1e-6f,
             ops::Activation::None, dt);
-        for (int layout = -1; layout < 3; ++layout)
+        for (int layout = -1; layout < kLayouts; ++layout)
           expect_close(ops::rms_norm(layout < 0 ? x : noncontiguous(x, layout), w, 1e-6f), r.ref,
                        r.tol, "rms_norm " + x.str() + " layout " + std::to_string(layout));
       }
@@ -153,7 +153,7 @@ TEST(GroupNorm, ShapesGroupsAndFusedSilu) {
         const ops::Activation act = silu ? ops::Activation::Silu : ops::Activation::None;
         NormRef r = ref_norm(x, count, spatial, false, per_channel(w, ch, spatial, 1.0),
                              per_channel(b, ch, spatial, 0.0), 1e-5f, act, dt);
-        for (int layout = -1; layout < 3; ++layout) {
+        for (int layout = -1; layout < kLayouts; ++layout) {
           Tensor xv = layout < 0 ? x : noncontiguous(x, layout);
           for (bool fused : {true, false}) {
             Fusion saved = fusion();
@@ -204,15 +204,18 @@ TEST(AdalnModulate, FusedUnfusedAndReference) {
       // (1 + scale) is rounded to f32 once more than the reference assumes.
       for (size_t i = 0; i < r.tol.size(); ++i) r.tol[i] += 2 * kU32 * std::fabs(r.ref[i]);
       for (bool fused : {true, false}) {
-        Fusion saved = fusion();
-        fusion().adaln = fused;
-        auto [one, two] = run_1_and_2_threads(
-            [&] { return ops::adaln_modulate(noncontiguous(x, 0), shift, scale, 1e-6f); });
-        fusion() = saved;
-        ASSERT_EQ(one.dtype(), dt);
-        expect_close(one, r.ref, fused ? r.tol : r.unfused_tol(dt),
-                     "adaln_modulate " + x.str() + " fused " + std::to_string(fused));
-        expect_equal(two, one, "adaln_modulate 2 threads vs 1");
+        for (int layout : {0, 3}) {
+          Fusion saved = fusion();
+          fusion().adaln = fused;
+          auto [one, two] = run_1_and_2_threads(
+              [&] { return ops::adaln_modulate(noncontiguous(x, layout), shift, scale, 1e-6f); });
+          fusion() = saved;
+          ASSERT_EQ(one.dtype(), dt);
+          expect_close(one, r.ref, fused ? r.tol : r.unfused_tol(dt),
+                       "adaln_modulate " + x.str() + " fused " + std::to_string(fused) +
+                           " layout " + std::to_string(layout));
+          expect_equal(two, one, "adaln_modulate 2 threads vs 1");
+        }
       }
     }
   }

@@ -79,8 +79,12 @@ std::vector<double> values(const Tensor& t);
 // The same values as t, in a non-contiguous layout:
 //   kind 0: a slice of a wider buffer (padding after the last dimension),
 //   kind 1: a transposed view of storage holding the last two dimensions swapped,
-//   kind 2: a view with every dimension's stride doubled (every other element).
+//   kind 2: a view with every dimension's stride doubled (every other element),
+//   kind 3: a select() from a buffer with an extra dimension of 2 after the first one, so
+//           the last dimension has unit stride but the leading ones do not collapse into one
+//           row stride (like one head of a [B, L, 3, H, D] qkv view).
 Tensor noncontiguous(const Tensor& t, int kind);
+constexpr int kLayouts = 4;
 
 // Expects |got[i] - ref[i]| <= tol[i] for every i (NaN must match NaN, infinities must be
 // equal); on failure reports the number of violations and the worst one, with its index.

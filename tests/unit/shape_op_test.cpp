@@ -95,7 +95,7 @@ TEST(Permute, RandomOrdersOfEveryDtypeAreExact) {
     for (DType dt : {DType::F32, DType::F16, DType::I64}) {
       Tensor x = dt == DType::I64 ? randint_float(rng, shape, -1000, 1000).to(DType::I64)
                                   : randn(rng, shape, dt);
-      Tensor y = ops::permute(noncontiguous(x, trial % 3), order);
+      Tensor y = ops::permute(noncontiguous(x, trial % kLayouts), order);
       ASSERT_TRUE(y.is_contiguous());
       Shape want(shape.size());
       for (size_t i = 0; i < order.size(); ++i) want[i] = shape[order[i]];
@@ -123,7 +123,7 @@ TEST(Embedding, GathersRowsAndNamesBadIds) {
     for (DType id_dt : {DType::I32, DType::I64}) {
       Tensor table = randn(rng, {11, 6}, table_dt);
       Tensor ids = Tensor::from_ints({3, 0, 10, 3, 7, 1}, {2, 3}, id_dt);
-      for (int layout = -1; layout < 3; ++layout) {
+      for (int layout = -1; layout < kLayouts; ++layout) {
         Tensor y = ops::embedding(ids, layout < 0 ? table : noncontiguous(table, layout));
         ASSERT_EQ(y.shape(), Shape({2, 3, 6}));
         ASSERT_EQ(y.dtype(), DType::F32);  // CPU activations are f32
