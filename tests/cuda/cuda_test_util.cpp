@@ -5,7 +5,9 @@
 #include <cstdlib>
 #include <sstream>
 
+#ifdef SD3_HAVE_CUDA
 #include "kernels/cuda/runtime.h"
+#endif
 
 namespace sd3::cudatest {
 
@@ -17,7 +19,9 @@ void CudaTest::SetUp() {
   saved_fusion_ = fusion();
   require_gpu();
   if (IsSkipped()) return;
+#ifdef SD3_HAVE_CUDA
   cuda::set_alloc_poison(true);
+#endif
   const char* env = std::getenv("SD3_TEST_SEED");
   seed_ = env ? std::strtoull(env, nullptr, 10) : std::random_device{}() * 2654435761ULL + 1;
   rng_.seed(seed_);
@@ -29,7 +33,9 @@ void CudaTest::TearDown() {
   if (HasFailure())
     std::fprintf(stderr, "[ seed     ] %llu (rerun with SD3_TEST_SEED=%llu)\n",
                  static_cast<unsigned long long>(seed_), static_cast<unsigned long long>(seed_));
+#ifdef SD3_HAVE_CUDA
   if (cuda_available()) cuda::set_alloc_poison(false);
+#endif
 }
 
 Tensor CudaTest::randn(const Shape& shape, DType dtype, float sigma, float mean) {

@@ -1,6 +1,8 @@
 // The CUDA runtime: caching allocator statistics and reuse, copies in every direction
 // (including transfers larger than one pinned staging buffer), and errors that name the call.
+#ifdef SD3_HAVE_CUDA
 #include "kernels/cuda/runtime.h"
+#endif
 
 #include <gtest/gtest.h>
 
@@ -20,6 +22,7 @@ TEST(CudaRuntimeNoGpu, ReasonIsGivenWhenUnavailable) {
   EXPECT_THROW(Tensor::empty({4}, DType::F32, Device::cuda(0)), Error);
 }
 
+#ifdef SD3_HAVE_CUDA  // the allocator is only linked into CUDA builds
 TEST_F(CudaRuntime, AllocatorReusesFreedBlocks) {
   cuda::set_alloc_poison(false);
   const MemoryStats before = memory_stats(DeviceType::CUDA);
@@ -37,6 +40,7 @@ TEST_F(CudaRuntime, AllocatorReusesFreedBlocks) {
   reset_peak_memory(DeviceType::CUDA);
   EXPECT_EQ(memory_stats(DeviceType::CUDA).peak, memory_stats(DeviceType::CUDA).current);
 }
+#endif
 
 TEST_F(CudaRuntime, SteadyStateLoopReservesNothingNew) {
   // Shapes repeated every "step" must be served from the cache after the first step.
