@@ -136,6 +136,12 @@ class Vae {
  public:
   static Vae load(const WeightStore& w, Device device = Device::cpu(),
                   const VaeLoadOptions& options = {});
+  // The same from tensors already in memory (keys as in vae_weight_specs), e.g. random weights
+  // for benchmarks. A half is set up when its conv_in weight ("encoder.conv_in.weight",
+  // "decoder.conv_in.weight") is present, and must then be complete with the spec shapes;
+  // extras are ignored.
+  static Vae from_tensors(const VaeConfig& cfg, const std::map<std::string, Tensor>& tensors,
+                          Device device = Device::cpu());
 
   const VaeConfig& config() const { return cfg_; }
   Device device() const { return device_; }
