@@ -6,7 +6,6 @@
 
 #include "engine/error.h"
 #include "engine/ops.h"
-#include "models/weight_keys.h"
 
 namespace sd3::models {
 
@@ -159,8 +158,27 @@ bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
 
+// Number of consecutive module indices N present as `<prefix>N.` among the keys (0 if none).
+int64_t count_indices(const std::vector<std::string>& keys, const std::string& prefix) {
+  int64_t max_index = -1;
+  for (const std::string& k : keys) {
+    if (!starts_with(k, prefix)) continue;
+    size_t end = prefix.size();
+    while (end < k.size() && k[end] >= '0' && k[end] <= '9') ++end;
+    if (end == prefix.size() || end - prefix.size() > 6 || end >= k.size() || k[end] != '.')
+      continue;
+    max_index =
+        std::max<int64_t>(max_index, std::stoll(k.substr(prefix.size(), end - prefix.size())));
+  }
+  return max_index + 1;
+}
+
 Shape shape_of(const WeightStore& w, const std::string& key, size_t rank) {
-  return required_shape(w, key, rank, "SD3 VAE");
+  auto s = w.shape(key);
+  SD3_CHECK(s.has_value(), "SD3 VAE: missing tensor '", w.prefix(), key, "' in ", w.describe());
+  SD3_CHECK(s->size() == rank, "SD3 VAE: tensor '", w.prefix(), key, "' has shape ", shape_str(*s),
+            ", expected rank ", rank, " in ", w.describe());
+  return *s;
 }
 
 void check_levels(const WeightStore& w, int64_t levels, const char* what) {
@@ -202,10 +220,9 @@ VaeConfig vae_config_from_weights(const WeightStore& w) {
     cfg.ch = conv_in[0];
     cfg.in_channels = conv_in[1];
     SD3_CHECK(cfg.ch > 0, "SD3 VAE: 'encoder.conv_in.weight' has no output channels");
-    // Note [Layer counts from key names]
-    const int64_t levels = count_layers(w, "encoder.down.");
+    const int64_t levels = count_indices(keys, "encoder.down.");
     check_levels(w, levels, "encoder.down");
-    cfg.num_res_blocks = count_layers(w, "encoder.down.0.block.");
+    cfg.num_res_blocks = count_indices(keys, "encoder.down.0.block.");
     for (int64_t i = 0; i < levels; ++i) {
       const std::string key = "encoder.down." + std::to_string(i) + ".block.0.conv1.weight";
       const int64_t c = shape_of(w, key, 4)[0];
@@ -220,9 +237,9 @@ VaeConfig vae_config_from_weights(const WeightStore& w) {
     cfg.out_channels = dec ? shape_of(w, "decoder.conv_out.weight", 4)[0] : cfg.in_channels;
   } else {
     // Decoder only: its widths give ch*ch_mult[i]; the reference's ch_mult starts at 1.
-    const int64_t levels = count_layers(w, "decoder.up.");
+    const int64_t levels = count_indices(keys, "decoder.up.");
     check_levels(w, levels, "decoder.up");
-    cfg.num_res_blocks = count_layers(w, "decoder.up.0.block.") - 1;
+    cfg.num_res_blocks = count_indices(keys, "decoder.up.0.block.") - 1;
     cfg.ch = shape_of(w, "decoder.up.0.block.0.conv1.weight", 4)[0];
     SD3_CHECK(cfg.ch > 0, "SD3 VAE: 'decoder.up.0.block.0.conv1.weight' has no output channels");
     for (int64_t i = 0; i < levels; ++i) {
