@@ -57,7 +57,8 @@ SD3_CPU_SIMD void act_row_impl(float* y, const float* x, const float* bias, int6
   }
 }
 
-SD3_CPU_SIMD void softmax_row_impl(float* y, const float* x, int64_t n) {
+// y = exp(x - max x), returning the sum of y; normalises y by it when asked.
+SD3_CPU_SIMD float softmax_row_impl(float* y, const float* x, int64_t n, bool normalize) {
   using vec::VF;
   const int64_t nv = n / vec::kLanes * vec::kLanes;
   const int64_t m = n - nv;
@@ -76,9 +77,12 @@ SD3_CPU_SIMD void softmax_row_impl(float* y, const float* x, int64_t n) {
     vec::store_partial(y + nv, e, m);
     vsum += e;
   }
-  const float inv = 1.0f / vec::hsum(vsum);
+  const float sum = vec::hsum(vsum);
+  if (!normalize) return sum;
+  const float inv = 1.0f / sum;
   for (int64_t i = 0; i < nv; i += vec::kLanes) vec::store(y + i, vec::load(y + i) * inv);
   for (int64_t i = nv; i < n; ++i) y[i] *= inv;
+  return sum;
 }
 
 }  // namespace
@@ -93,7 +97,11 @@ void bias_activation_row(float* y, const float* bias, int64_t n, Activation act)
 }
 
 void softmax_row(float* y, const float* x, int64_t n) {
-  softmax_row_impl(y, x, n);
+  softmax_row_impl(y, x, n, true);
+}
+
+float exp_shifted_row(float* y, const float* x, int64_t n) {
+  return softmax_row_impl(y, x, n, false);
 }
 
 }  // namespace detail

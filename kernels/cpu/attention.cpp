@@ -81,7 +81,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
   const int64_t tiles = (lq + tq - 1) / tq;
   const int64_t tasks = nb * heads * tiles;
   const int nthreads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), tasks));
-  std::vector<float> scores(static_cast<size_t>(nthreads) * tq * lk);
+  std::vector<float> scores(static_cast<size_t>(nthreads) * (tq * lk + tq));
   detail::BlasSingleThread guard;
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
@@ -89,7 +89,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
     const int64_t tile = task % tiles, h = (task / tiles) % heads, b = task / (tiles * heads);
     const int64_t i0 = tile * tq, i1 = std::min(lq, i0 + tq), rows = i1 - i0;
     const int64_t kn = opt.causal ? std::min(lk, i1) : lk;  // keys any row of the tile sees
-    float* s = scores.data() + static_cast<size_t>(omp_get_thread_num()) * tq * lk;
+    float* s = scores.data() + static_cast<size_t>(omp_get_thread_num()) * (tq * lk + tq);
+    float* inv_sum = s + tq * lk;
     detail::sgemm_serial(false, true, rows, kn, d, scale, qs.p + b * qs.sb + i0 * qs.sl + h * d,
                          qs.sl, ks.p + b * ks.sb + h * d, ks.sl, 0.0f, s, kn);
     for (int64_t i = i0; i < i1; ++i) {
@@ -99,11 +100,15 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
         for (int64_t j = 0; j < kn; ++j) row[j] += br[j];
       }
       const int64_t valid = opt.causal ? std::min(i + 1, kn) : kn;
-      detail::softmax_row(row, row, valid);
+      inv_sum[i - i0] = 1.0f / detail::exp_shifted_row(row, row, valid);
       std::fill(row + valid, row + kn, 0.0f);
     }
+    // O = (P / rowsum) V, normalised after the product: D values per row instead of Lk.
+    float* ot = o + (b * lq + i0) * width + h * d;
     detail::sgemm_serial(false, false, rows, d, kn, 1.0f, s, kn, vs.p + b * vs.sb + h * d, vs.sl,
-                         0.0f, o + (b * lq + i0) * width + h * d, width);
+                         0.0f, ot, width);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t e = 0; e < d; ++e) ot[r * width + e] *= inv_sum[r];
   }
   return out.finish();
 }

@@ -18,6 +18,18 @@ namespace {
 
 constexpr int64_t kColFloats = int64_t{4} << 20;  // 16 MiB of im2col scratch
 
+// Input row r of width w -> output rows 2r and 2r+1 of width 2w, each element twice.
+template <class T>
+void upsample_rows(const char* src, char* dst, int64_t rows, int64_t w) {
+#pragma omp parallel for schedule(static) if (rows * w * 4 >= detail::kParallelGrain)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* in = reinterpret_cast<const T*>(src) + r * w;
+    T* o = reinterpret_cast<T*>(dst) + r * 4 * w;
+    for (int64_t j = 0; j < w; ++j) o[2 * j] = o[2 * j + 1] = in[j];
+    std::memcpy(o + 2 * w, o, static_cast<size_t>(2 * w) * sizeof(T));
+  }
+}
+
 }  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dOptions& opt) {
@@ -113,18 +125,13 @@ Tensor upsample_nearest2x(const Tensor& x) {
   if (out.numel() == 0) return out;
   const Tensor xc = x.contiguous();
   const int64_t rows = x.numel() / wd;  // input rows
-  const int64_t es = static_cast<int64_t>(dtype_size(x.dtype()));
+  const size_t es = dtype_size(x.dtype());
   const char* src = static_cast<const char*>(xc.raw_data());
   char* dst = static_cast<char*>(out.raw_data());
-#pragma omp parallel for schedule(static) if (out.numel() >= detail::kParallelGrain)
-  for (int64_t r = 0; r < rows; ++r) {
-    const char* in = src + r * wd * es;
-    char* o = dst + 2 * r * 2 * wd * es;  // input row r -> output rows 2r and 2r+1
-    for (int64_t j = 0; j < wd; ++j) {
-      std::memcpy(o + 2 * j * es, in + j * es, static_cast<size_t>(es));
-      std::memcpy(o + (2 * j + 1) * es, in + j * es, static_cast<size_t>(es));
-    }
-    std::memcpy(o + 2 * wd * es, o, static_cast<size_t>(2 * wd * es));
+  switch (es) {
+    case 2: upsample_rows<uint16_t>(src, dst, rows, wd); break;
+    case 4: upsample_rows<uint32_t>(src, dst, rows, wd); break;
+    default: upsample_rows<uint64_t>(src, dst, rows, wd); break;
   }
   return out;
 }

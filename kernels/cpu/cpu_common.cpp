@@ -255,6 +255,12 @@ std::pair<int64_t, int64_t> split_range(int64_t n, int parts, int index, int64_t
   return {begin, end};
 }
 
+int band_count(int64_t extent, int nt) {
+  if (nt <= 1) return 1;
+  const int64_t width = std::max<int64_t>(64, (extent + 4 * nt - 1) / (4 * nt));
+  return static_cast<int>(std::max<int64_t>(1, (extent + width - 1) / width));
+}
+
 void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                   int64_t ldc) {
@@ -272,18 +278,18 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
   const int nt = gemm_threads(m, n, k);
   if (nt <= 1) return sgemm_serial(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   const bool by_columns = n >= m;
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num();
+  const int64_t extent = by_columns ? n : m;
+  const int bands = band_count(extent, nt);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int band = 0; band < bands; ++band) {
+    const auto [p0, p1] = split_range(extent, bands, band, 16);
     if (by_columns) {
-      const auto [j0, j1] = split_range(n, omp_get_num_threads(), t, 16);
       // Column j of op(B) starts at b + j * ldb when B is stored transposed (N x K), else b + j.
-      sgemm_serial(trans_a, trans_b, m, j1 - j0, k, alpha, a, lda, b + (trans_b ? j0 * ldb : j0),
-                   ldb, beta, c + j0, ldc);
+      sgemm_serial(trans_a, trans_b, m, p1 - p0, k, alpha, a, lda, b + (trans_b ? p0 * ldb : p0),
+                   ldb, beta, c + p0, ldc);
     } else {
-      const auto [i0, i1] = split_range(m, omp_get_num_threads(), t, 16);
-      sgemm_serial(trans_a, trans_b, i1 - i0, n, k, alpha, a + (trans_a ? i0 : i0 * lda), lda, b,
-                   ldb, beta, c + i0 * ldc, ldc);
+      sgemm_serial(trans_a, trans_b, p1 - p0, n, k, alpha, a + (trans_a ? p0 : p0 * lda), lda, b,
+                   ldb, beta, c + p0 * ldc, ldc);
     }
   }
 }

@@ -109,8 +109,12 @@ class BlasSingleThread {
 int gemm_threads(int64_t m, int64_t n, int64_t k);
 
 // [begin, end) of part `index` when [0, n) is cut into `parts` pieces whose boundaries are
-// multiples of `align` (the last piece takes the remainder).
+// multiples of `align` (the last piece takes the remainder; trailing pieces may be empty).
 std::pair<int64_t, int64_t> split_range(int64_t n, int parts, int index, int64_t align);
+// How many bands to cut an extent into for nt threads: about 4 per thread (at least 64 wide),
+// handed out dynamically, so a thread delayed by the OS (or a slower band) does not leave the
+// others waiting at the end of the region.
+int band_count(int64_t extent, int nt);
 
 // Row-major C = alpha op(A) op(B) + beta C (op = transpose when the flag is set), on the
 // calling thread. The caller holds a BlasSingleThread.
@@ -118,7 +122,7 @@ void sgemm_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, f
                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                   int64_t ldc);
 // The same product split over the OpenMP threads in bands of columns of C (or of rows when C
-// is taller than wide); Note [One thread pool].
+// is taller than wide), see band_count; Note [One thread pool].
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
@@ -133,6 +137,8 @@ void activation_row(float* y, const float* x, int64_t n, ops::Activation act);
 void bias_activation_row(float* y, const float* bias, int64_t n, ops::Activation act);
 // Softmax of n values, x -> y (may alias). Returns nothing; a row of all -inf gives NaN.
 void softmax_row(float* y, const float* x, int64_t n);
+// The softmax numerators y = exp(x - max x) (x -> y, may alias); returns their sum.
+float exp_shifted_row(float* y, const float* x, int64_t n);
 
 // ---- broadcasting -------------------------------------------------------------------------
 

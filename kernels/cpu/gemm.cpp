@@ -79,9 +79,9 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation a
   const detail::RowsF32 a = detail::rows_f32(x, /*need_uniform=*/true);
   const WeightLayout wl = weight_layout(w);
   const int nt = detail::gemm_threads(m, n, k);
-  // Note [One thread pool]: each thread multiplies a band of output columns (a band of rows
-  // when there are too few columns), with single-threaded sgemm, and finishes its band with
-  // the epilogue while the band is recent in cache.
+  // Note [One thread pool]: threads take bands of output columns (of rows when there are too
+  // few columns) dynamically, multiply each with single-threaded sgemm and finish it with the
+  // epilogue while it is recent in cache.
   const bool by_columns = n >= 16 * nt || !wl.direct;
   // Note [Weights of another dtype in linear]: each thread converts its own blocks of rows.
   const int64_t block_rows =
@@ -91,32 +91,32 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation a
   const int64_t wes = static_cast<int64_t>(dtype_size(w.dtype()));
   detail::BlasSingleThread guard;
 
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num(), parts = omp_get_num_threads();
+  const int bands = detail::band_count(by_columns ? n : m, nt);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int band = 0; band < bands; ++band) {
     if (!by_columns) {
-      const auto [i0, i1] = detail::split_range(m, parts, t, 16);
+      const auto [i0, i1] = detail::split_range(m, bands, band, 16);
       detail::sgemm_serial(false, wl.trans, i1 - i0, n, k, 1.0f, a.data + i0 * a.ld, a.ld,
                            w.data<float>(), wl.ld, 0.0f, y + i0 * n, n);
       epilogue(i0, i1, 0, n);
-    } else {
-      const auto [j0, j1] = detail::split_range(n, parts, t, 16);
-      if (wl.direct) {
-        const float* wp = w.data<float>() + (wl.trans ? j0 * wl.ld : j0);
-        detail::sgemm_serial(false, wl.trans, m, j1 - j0, k, 1.0f, a.data, a.ld, wp, wl.ld, 0.0f,
-                             y + j0, n);
-      } else {
-        float* buf = blocks.data() + static_cast<size_t>(t) * block_rows * k;
-        for (int64_t jb = j0; jb < j1; jb += block_rows) {
-          const int64_t nb = std::min(block_rows, j1 - jb);
-          for (int64_t r = 0; r < nb; ++r)
-            detail::to_f32_strided(wbase + (jb + r) * w.stride(0) * wes, w.dtype(), w.stride(1),
-                                   buf + r * k, k);
-          detail::sgemm_serial(false, true, m, nb, k, 1.0f, a.data, a.ld, buf, k, 0.0f, y + jb, n);
-        }
-      }
-      epilogue(0, m, j0, j1);
+      continue;
     }
+    const auto [j0, j1] = detail::split_range(n, bands, band, 16);
+    if (wl.direct) {
+      const float* wp = w.data<float>() + (wl.trans ? j0 * wl.ld : j0);
+      detail::sgemm_serial(false, wl.trans, m, j1 - j0, k, 1.0f, a.data, a.ld, wp, wl.ld, 0.0f,
+                           y + j0, n);
+    } else {
+      float* buf = blocks.data() + static_cast<size_t>(omp_get_thread_num()) * block_rows * k;
+      for (int64_t jb = j0; jb < j1; jb += block_rows) {
+        const int64_t nb = std::min(block_rows, j1 - jb);
+        for (int64_t r = 0; r < nb; ++r)
+          detail::to_f32_strided(wbase + (jb + r) * w.stride(0) * wes, w.dtype(), w.stride(1),
+                                 buf + r * k, k);
+        detail::sgemm_serial(false, true, m, nb, k, 1.0f, a.data, a.ld, buf, k, 0.0f, y + jb, n);
+      }
+    }
+    epilogue(0, m, j0, j1);
   }
   return out.finish();
 }

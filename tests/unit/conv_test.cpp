@@ -101,8 +101,8 @@ TEST(Conv2d, RejectsBadArguments) {
 
 TEST(Upsample, NearestTwiceIsExact) {
   Rng rng;
-  for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
-    Tensor x = randn(rng, {2, 3, 5, 7}, dt);
+  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::I64}) {
+    Tensor x = randn(rng, {2, 3, 5, 7}, dt, 100.0);
     for (int layout = -1; layout < 3; ++layout) {
       Tensor y = ops::upsample_nearest2x(layout < 0 ? x : noncontiguous(x, layout));
       ASSERT_EQ(y.shape(), Shape({2, 3, 10, 14}));
