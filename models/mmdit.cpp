@@ -391,10 +391,10 @@ Tensor MMDiT::cropped_pos_embed(int64_t h, int64_t w) const {
             " patches exceeds the position table (", M, " x ", M, " patches, i.e. latents up to ",
             M * cfg_.patch_size, " x ", M * cfg_.patch_size, ")");
   const int64_t top = (M - h) / 2, left = (M - w) / 2;
-  return pos_embed.view({M, M, cfg_.hidden_size})
-      .slice(0, top, top + h)
-      .slice(1, left, left + w)
-      .reshape({1, h * w, cfg_.hidden_size});
+  const Tensor crop =
+      pos_embed.view({M, M, cfg_.hidden_size}).slice(0, top, top + h).slice(1, left, left + w);
+  // ops::contiguous gathers on the table's device (Tensor::reshape copies on the host only).
+  return ops::contiguous(crop).view({1, h * w, cfg_.hidden_size});
 }
 
 Tensor MMDiT::forward(const Tensor& x, const Tensor& t, const Tensor& y, const Tensor& context,
@@ -430,8 +430,9 @@ Tensor MMDiT::forward(const Tensor& x, const Tensor& t, const Tensor& y, const T
 
   // c = t_embedder(t) + y_embedder(y). The reference evaluates the sinusoidal features in
   // float32 and casts them to the activation dtype.
-  Tensor t_freq = ops::timestep_embedding(t.to(DType::F32), c.frequency_embedding_size)
-                      .to(x.dtype());  // [B, 256]
+  Tensor t_freq =
+      ops::cast(ops::timestep_embedding(ops::cast(t, DType::F32), c.frequency_embedding_size),
+                x.dtype());  // [B, 256]
   record(trace, "t_freq", t_freq);
   Tensor cvec = apply(t_embedder.mlp_2, apply(t_embedder.mlp_0, t_freq, ops::Activation::Silu));
   record(trace, "t_emb", cvec);
