@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "engine/ops.h"
 #include "models/clip.h"
 #include "models/conditioning.h"
 #include "models/mmdit.h"
@@ -24,15 +25,27 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Measures one stage and reports its start and end to the progress callback.
+// Measures one stage and reports its start and end to the progress callback. Device work is
+// queued asynchronously, so the device is synchronised before a stage's time is taken and
+// before a step is reported done.
 class StageTimer {
  public:
-  StageTimer(const char* name, const ProgressFn& progress, std::vector<StageTiming>& timings)
-      : name_(name), progress_(progress), timings_(timings), t0_(Clock::now()) {
+  StageTimer(const char* name, const ProgressFn& progress, std::vector<StageTiming>& timings,
+             Device device)
+      : name_(name), progress_(progress), timings_(timings), device_(device), t0_(Clock::now()) {
     report(0, 0);
   }
-  ~StageTimer() { timings_.push_back({name_, seconds_since(t0_)}); }
+  ~StageTimer() {
+    // A destructor must not throw: a failed synchronisation leaves the device's sticky error
+    // for the next device call to report.
+    try {
+      device_synchronize(device_);
+    } catch (...) {
+    }
+    timings_.push_back({name_, seconds_since(t0_)});
+  }
   void report(int step, int total) {
+    if (step > 0) device_synchronize(device_);
     if (progress_ && !progress_(Progress{name_, step, total, seconds_since(t0_)}))
       throw GenerationCancelled();
   }
@@ -41,6 +54,7 @@ class StageTimer {
   std::string name_;
   const ProgressFn& progress_;
   std::vector<StageTiming>& timings_;
+  Device device_;
   Clock::time_point t0_;
 };
 
@@ -137,6 +151,7 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
   const Device dev = s.options.device;
   GenerateResult result;
   ResolvedParams& rp = result.params;
+  if (dev.is_cuda()) reset_peak_memory(DeviceType::CUDA);  // this generation's peak
 
   // ---- resolve parameters ----------------------------------------------------------------
   rp.prompt = params.prompt;
@@ -193,7 +208,7 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
   // ---- text conditioning -----------------------------------------------------------------
   Sd3Conditioning cond, uncond;
   {
-    StageTimer t("load_text", progress, result.timings);
+    StageTimer t("load_text", progress, result.timings, dev);
     if (!s.clip_l)
       s.clip_l = std::make_unique<ClipTextModel>(
           ClipTextModel::load(s.files.require(ComponentKind::ClipL).weights, dev));
@@ -205,7 +220,7 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
           T5Encoder::load(s.files.require(ComponentKind::T5).weights, dev));
   }
   {
-    StageTimer t("encode", progress, result.timings);
+    StageTimer t("encode", progress, result.timings, dev);
     Sd3TextEncoders enc{s.clip_l.get(), s.clip_g.get(), s.t5.get()};
     Sd3ConditioningOptions copt;
     copt.context_width = mcfg.context_in_features;
@@ -234,7 +249,7 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
   Tensor noise = gen.randn({1, mcfg.in_channels, h, w}).to(dev);
   Tensor latent;  // img2img start latent (process_in'ed), undefined for txt2img
   if (rp.img2img) {
-    StageTimer t("encode_image", progress, result.timings);
+    StageTimer t("encode_image", progress, result.timings, dev);
     if (!s.vae || !s.vae_has_encoder) {
       s.vae = std::make_unique<Vae>(Vae::load(s.files.require(ComponentKind::Vae).weights, dev));
       s.vae_has_encoder = true;
@@ -254,20 +269,27 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
 
   // ---- sampling --------------------------------------------------------------------------
   {
-    StageTimer t("load_mmdit", progress, result.timings);
+    StageTimer t("load_mmdit", progress, result.timings, dev);
     if (!s.mmdit)
       s.mmdit = std::make_unique<MMDiT>(
           MMDiT::load(s.files.require(ComponentKind::MMDiT).weights, dev));
   }
   Tensor final_latent;
   {
-    StageTimer t("sample", progress, result.timings);
+    StageTimer t("sample", progress, result.timings, dev);
     const MMDiT& model = *s.mmdit;
-    DiffusionModel fn = [&model](const Tensor& x, const Tensor& ts, const Tensor& ctx,
-                                 const Tensor& y, const std::vector<int>& skip) {
+    // On the GPU the MM-DiT computes in its weights' dtype (f16/bf16 on tensor cores), as the
+    // reference's apply_model casts x, context and y to the model's dtype; the sampler casts
+    // the velocity back to f32. The CPU keeps f32 activations and casts weights per use.
+    const DType act = dev.is_cuda() ? s.files.require(ComponentKind::MMDiT)
+                                          .weights.get("joint_blocks.0.x_block.attn.qkv.weight")
+                                          .dtype()
+                                    : DType::F32;
+    DiffusionModel fn = [&model, act](const Tensor& x, const Tensor& ts, const Tensor& ctx,
+                                      const Tensor& y, const std::vector<int>& skip) {
       MMDiTForwardOptions fo;
       fo.skip_layers.assign(skip.begin(), skip.end());
-      return model.forward(x, ts, y, ctx, fo);
+      return model.forward(ops::cast(x, act), ts, ops::cast(y, act), ops::cast(ctx, act), fo);
     };
     GuidanceInputs gi;
     gi.context_cond = cond.context.to(dev);
@@ -290,7 +312,7 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
 
   // ---- decode ----------------------------------------------------------------------------
   {
-    StageTimer t("load_vae", progress, result.timings);
+    StageTimer t("load_vae", progress, result.timings, dev);
     if (!s.vae) {
       VaeLoadOptions vo;
       vo.encoder = false;
@@ -300,7 +322,7 @@ GenerateResult Pipeline::generate(const GenerateParams& params, const ProgressFn
     }
   }
   {
-    StageTimer t("decode", progress, result.timings);
+    StageTimer t("decode", progress, result.timings, dev);
     Tensor decoded = s.vae->decode(sd3_latent_process_out(final_latent));
     result.image = decoded_to_images(decoded).at(0);
   }
