@@ -143,9 +143,11 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
             H, " heads");
   const int64_t D = q.size(2) / H;
   const float sc = opt.scale != 0.0f ? opt.scale : 1.0f / std::sqrt(static_cast<float>(D));
-  Tensor qh = permute(q.reshape({B, Lq, H, D}), {0, 2, 1, 3});  // [B, H, Lq, D]
-  Tensor kt = permute(k.reshape({B, Lk, H, D}), {0, 2, 3, 1});  // [B, H, D, Lk]
-  Tensor vh = permute(v.reshape({B, Lk, H, D}), {0, 2, 1, 3});  // [B, H, Lk, D]
+  // ops::contiguous, not Tensor::reshape: q, k, v may be strided views (slices of a fused qkv
+  // projection) and only the op gathers on the device.
+  Tensor qh = permute(contiguous(q).view({B, Lq, H, D}), {0, 2, 1, 3});  // [B, H, Lq, D]
+  Tensor kt = permute(contiguous(k).view({B, Lk, H, D}), {0, 2, 3, 1});  // [B, H, D, Lk]
+  Tensor vh = permute(contiguous(v).view({B, Lk, H, D}), {0, 2, 1, 3});  // [B, H, Lk, D]
   Tensor s = scale(matmul(qh, kt), sc);                          // [B, H, Lq, Lk]
   if (opt.bias.defined()) s = add(s, opt.bias);
   if (opt.causal) {
@@ -155,7 +157,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
     s = add(s, Tensor::from_floats(mask, {Lq, Lk}).to(s.device()));
   }
   Tensor o = matmul(softmax(s), vh);                        // [B, H, Lq, D]
-  return permute(o, {0, 2, 1, 3}).reshape({B, Lq, H * D});  // [B, Lq, H*D]
+  return permute(o, {0, 2, 1, 3}).view({B, Lq, H * D});  // [B, Lq, H*D]
 }
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dOptions& opt) {
