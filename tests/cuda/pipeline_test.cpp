@@ -24,6 +24,8 @@
 // u_f16 / u_f32 = 2^13; the bound is the golden rule's 8x measured error scaled by that ratio,
 // with the 32-ulp floor taken in f16 ulps. The fused kernels and their unfused compositions
 // round different intermediates, so they are compared with each other under that bound.
+#include "models/pipeline.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -40,7 +42,6 @@
 #include "engine/ops.h"
 #include "engine/weights.h"
 #include "models/mmdit.h"
-#include "models/pipeline.h"
 
 namespace sd3::cudatest {
 namespace {
@@ -201,8 +202,8 @@ TEST_F(CudaMMDiT, ForwardMatchesCpu) {
     for (const std::string& name : c.outputs) {
       if (name == "out" || !cpu_trace.has(name)) continue;
       ASSERT_TRUE(gpu_trace.has(name)) << "the CUDA forward records no '" << name << "'";
-      EXPECT_TRUE(test::all_close(gpu_trace.at(name), cpu_trace.at(name),
-                                  test::tolerance(c, name), c.name + "/" + name + " CUDA vs CPU"));
+      EXPECT_TRUE(test::all_close(gpu_trace.at(name), cpu_trace.at(name), test::tolerance(c, name),
+                                  c.name + "/" + name + " CUDA vs CPU"));
     }
   }
 }
