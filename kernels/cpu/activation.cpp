@@ -85,7 +85,40 @@ SD3_CPU_SIMD float softmax_row_impl(float* y, const float* x, int64_t n, bool no
   return sum;
 }
 
+SD3_CPU_SIMD float row_max_impl(const float* x, int64_t n) {
+  using vec::VF;
+  const int64_t nv = n / vec::kLanes * vec::kLanes;
+  VF vmax = vec::splat(-INFINITY);
+  for (int64_t i = 0; i < nv; i += vec::kLanes) vmax = vec::vmax(vmax, vec::load(x + i));
+  if (n > nv) vmax = vec::vmax(vmax, vec::load_partial(x + nv, n - nv, -INFINITY));
+  return vec::hmax(vmax);
+}
+
+SD3_CPU_SIMD float exp_sub_row_impl(float* y, const float* x, int64_t n, float shift) {
+  using vec::VF;
+  const int64_t nv = n / vec::kLanes * vec::kLanes;
+  VF vsum = vec::splat(0.0f);
+  for (int64_t i = 0; i < nv; i += vec::kLanes) {
+    VF e = vec::exp(vec::load(x + i) - shift);
+    vec::store(y + i, e);
+    vsum += e;
+  }
+  if (n > nv) {
+    VF e = vec::exp(vec::load_partial(x + nv, n - nv, -INFINITY) - shift);
+    vec::store_partial(y + nv, e, n - nv);
+    vsum += e;
+  }
+  return vec::hsum(vsum);
+}
+
 }  // namespace
+
+float row_max(const float* x, int64_t n) {
+  return row_max_impl(x, n);
+}
+float exp_sub_row(float* y, const float* x, int64_t n, float shift) {
+  return exp_sub_row_impl(y, x, n, shift);
+}
 
 void activation_row(float* y, const float* x, int64_t n, Activation act) {
   act_row_impl(y, x, nullptr, n, act);

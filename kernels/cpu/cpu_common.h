@@ -139,6 +139,10 @@ void bias_activation_row(float* y, const float* bias, int64_t n, ops::Activation
 void softmax_row(float* y, const float* x, int64_t n);
 // The softmax numerators y = exp(x - max x) (x -> y, may alias); returns their sum.
 float exp_shifted_row(float* y, const float* x, int64_t n);
+// max of n values (-inf for n = 0; NaN is skipped).
+float row_max(const float* x, int64_t n);
+// y = exp(x - shift) (may alias); returns the sum of y.
+float exp_sub_row(float* y, const float* x, int64_t n, float shift);
 
 // ---- broadcasting -------------------------------------------------------------------------
 

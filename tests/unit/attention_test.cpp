@@ -160,6 +160,39 @@ TEST(Attention, NonContiguousInputsAndThreads) {
                  r.ref, r.tol, "attention layout " + std::to_string(layout));
 }
 
+TEST(Attention, MaskedKeyBlocksAndFullyMaskedRows) {
+  // -inf bias over whole key blocks (the kernel walks 256 keys at a time): rows whose first
+  // blocks are all masked, and one row masked everywhere (NaN, as softmax of all -inf gives).
+  Rng rng;
+  SCOPED_TRACE("seed " + std::to_string(rng.seed()));
+  const int64_t nb = 1, lq = 9, lk = 600, heads = 2, d = 8;
+  Tensor q = randn(rng, {nb, lq, heads * d}), k = randn(rng, {nb, lk, heads * d});
+  Tensor v = randn(rng, {nb, lk, heads * d});
+  std::vector<float> bias(static_cast<size_t>(heads * lq * lk));
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < lq; ++i)
+      for (int64_t j = 0; j < lk; ++j) {
+        float bv = static_cast<float>(rng.normal());
+        if (i % 2 == 0 && j < 300 + 20 * i) bv = -INFINITY;  // first block(s) fully masked
+        if (i == 5) bv = -INFINITY;                          // the whole row
+        bias[static_cast<size_t>((h * lq + i) * lk + j)] = bv;
+      }
+  ops::AttentionOptions opt;
+  opt.heads = heads;
+  opt.bias = Tensor::from_floats(bias, {heads, lq, lk});
+  const AttnRef r = ref_attention(q, k, v, opt, DType::F32);
+  for (bool fused : {true, false}) {
+    Tensor o = run_attention(q, k, v, opt, fused);
+    std::vector<double> tol = r.tol;
+    if (!fused)
+      for (size_t i = 0; i < tol.size(); ++i) tol[i] += r.unfused_extra[i];
+    expect_close(o, r.ref, tol, "masked attention, fused " + std::to_string(fused));
+    const std::vector<double> got = values(o);
+    EXPECT_TRUE(std::isnan(got[5 * heads * d])) << "fully masked row, fused " << fused;
+    EXPECT_FALSE(std::isnan(got[4 * heads * d])) << "partly masked row, fused " << fused;
+  }
+}
+
 TEST(Attention, RejectsBadArguments) {
   Rng rng;
   Tensor q = randn(rng, {2, 5, 12}), k = randn(rng, {2, 7, 12}), v = randn(rng, {2, 7, 12});
