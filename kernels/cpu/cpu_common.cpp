@@ -17,10 +17,6 @@ void check_float(const Tensor& t, const char* op, const char* name) {
   SD3_CHECK(t.device().is_cpu(), op, ": ", name, " is not a CPU tensor: ", t.str());
 }
 
-void check_optional_float(const Tensor& t, const char* op, const char* name) {
-  if (t.defined()) check_float(t, op, name);
-}
-
 void check_vector(const Tensor& t, int64_t n, const char* op, const char* name) {
   if (!t.defined()) return;
   check_float(t, op, name);
@@ -173,7 +169,7 @@ RowsF32 rows_f32(const Tensor& t, bool need_uniform) {
       r.ld = std::max<int64_t>(ld, 1);
       return r;
     }
-    if (!need_uniform && t.dim() - 1 <= kMaxRankRows) {
+    if (!need_uniform && t.dim() - 1 <= kMaxRank) {
       r.uniform = false;
       r.nlead = t.dim() - 1;
       for (int64_t d = 0; d < r.nlead; ++d) {

@@ -12,14 +12,13 @@
 
 namespace sd3::cpu::detail {
 
-constexpr int kMaxRankRows = 16;
+// Dimensions the iteration helpers track (after merging; tensors here have rank <= 6).
+constexpr int kMaxRank = 16;
 
 // ---- argument checks ----------------------------------------------------------------------
 
 // Throws unless t is defined and has a float dtype (f32, f16, bf16).
 void check_float(const Tensor& t, const char* op, const char* name);
-// Same, but an undefined tensor is allowed (optional weight or bias).
-void check_optional_float(const Tensor& t, const char* op, const char* name);
 // Throws unless t is undefined or a vector of n elements (weight/bias of n channels).
 void check_vector(const Tensor& t, int64_t n, const char* op, const char* name);
 
@@ -44,7 +43,7 @@ struct RowsF32 {
   int64_t rows = 0, cols = 0, ld = 0;
   bool uniform = true;
   int64_t nlead = 0;
-  int64_t lead_sizes[kMaxRankRows] = {}, lead_strides[kMaxRankRows] = {};
+  int64_t lead_sizes[kMaxRank] = {}, lead_strides[kMaxRank] = {};
   Tensor keep;  // owns a converted copy when one was needed
   const float* row(int64_t r) const {
     if (uniform) return data + r * ld;
@@ -152,7 +151,6 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
 // Elements per chunk handed to a row function; fixed so results do not depend on threads.
 constexpr int64_t kMapChunk = 4096;
 constexpr int kMaxMapInputs = 4;
-constexpr int kMaxRank = 16;
 
 // Iteration plan of an elementwise loop over a (broadcast) output: dimensions of size 1
 // dropped, neighbours merged where every operand steps through them as one, the innermost
@@ -165,8 +163,8 @@ struct MapPlan {
   int64_t inner_strides[kMaxMapInputs + 1] = {};
   int nops = 0;
 };
-// Operands are given by shape and strides aligned to out_shape (size 1 or missing dims
-// broadcast). The output, if it is one of them, is contiguous.
+// Plans the loop for operands (at most kMaxMapInputs + 1) broadcast to out_shape: their
+// missing or size-1 dimensions get stride 0.
 MapPlan plan_map(const Shape& out_shape, const std::vector<const Tensor*>& ops);
 
 // Walks the rows of a MapPlan: offsets (in elements) of every operand at the current row.
@@ -192,8 +190,9 @@ Tensor map_f32(const Shape& out_shape, DType out_dtype, const std::vector<const 
   Tensor out = Tensor::empty(out_shape, out_dtype);
   const int64_t total = out.numel();
   if (total == 0) return out;
-  const MapPlan plan = plan_map(out_shape, ins);
   const int nin = static_cast<int>(ins.size());
+  SD3_ASSERT(nin <= kMaxMapInputs);
+  const MapPlan plan = plan_map(out_shape, ins);
   const char* bases[kMaxMapInputs];
   DType dtypes[kMaxMapInputs];
   for (int k = 0; k < nin; ++k) {

@@ -158,6 +158,57 @@ TEST(Elementwise, CastAndContiguousCopyExactly) {
   }
 }
 
+TEST(Elementwise, VectorisedConversionsMatchTheScalarOnes) {
+  // The kernels convert rows with F16C / vector code; engine/dtype.h's scalar conversions
+  // are the reference (tested exhaustively in dtype_test.cpp). Every f16 and bf16 pattern,
+  // and every f32 halfway point between adjacent halves with its neighbours.
+  std::vector<uint16_t> all(65536);
+  for (uint32_t i = 0; i < 65536; ++i) all[i] = static_cast<uint16_t>(i);
+  for (DType dt : {DType::F16, DType::BF16}) {
+    Tensor bits = Tensor::empty({65536}, dt);
+    std::memcpy(bits.raw_data(), all.data(), all.size() * 2);
+    const Tensor f = ops::cast(bits, DType::F32);
+    const float* fp = f.data<float>();
+    for (uint32_t i = 0; i < 65536; ++i) {
+      const float want = dt == DType::F16 ? f16_bits_to_f32(all[i]) : bf16_bits_to_f32(all[i]);
+      if (std::isnan(want)) {
+        ASSERT_TRUE(std::isnan(fp[i])) << dtype_name(dt) << " 0x" << std::hex << i;
+      } else {
+        ASSERT_EQ(float_bits(fp[i]), float_bits(want)) << dtype_name(dt) << " 0x" << std::hex << i;
+      }
+    }
+  }
+  std::vector<float> probes;
+  for (uint32_t h = 0; h < 0x7c00; ++h) {
+    const double lo = f16_bits_to_f32(static_cast<uint16_t>(h));
+    const double hi = h + 1 == 0x7c00 ? 65536.0 : f16_bits_to_f32(static_cast<uint16_t>(h + 1));
+    const float mid = static_cast<float>((lo + hi) / 2);
+    for (float v : {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, INFINITY)}) {
+      probes.push_back(v);
+      probes.push_back(-v);
+    }
+  }
+  for (uint32_t i = 0; i < 200000; ++i) probes.push_back(bits_float(i * 21473u + 7u));
+  probes.push_back(NAN);
+  probes.push_back(INFINITY);
+  const Tensor src = Tensor::from_floats(probes, {static_cast<int64_t>(probes.size())});
+  for (DType dt : {DType::F16, DType::BF16}) {
+    const Tensor h = ops::cast(src, dt);
+    const uint16_t* hp = static_cast<const uint16_t*>(h.raw_data());
+    for (size_t i = 0; i < probes.size(); ++i) {
+      const uint16_t want =
+          dt == DType::F16 ? f32_to_f16_bits(probes[i]) : f32_to_bf16_bits(probes[i]);
+      const bool nan = std::isnan(probes[i]);
+      if (nan) {
+        ASSERT_TRUE(
+            std::isnan(dt == DType::F16 ? f16_bits_to_f32(hp[i]) : bf16_bits_to_f32(hp[i])));
+      } else {
+        ASSERT_EQ(hp[i], want) << dtype_name(dt) << " of " << probes[i];
+      }
+    }
+  }
+}
+
 TEST(Activations, MatchFloat64WithinTheirErrorBounds) {
   Rng rng;
   SCOPED_TRACE("seed " + std::to_string(rng.seed()));
