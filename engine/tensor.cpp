@@ -1,5 +1,7 @@
 #include "engine/tensor.h"
 
+#include "engine/ops.h"
+
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -270,6 +272,8 @@ void gather_cpu(const Tensor& src, void* dst, DType dst_dtype) {
 
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
+  // Gathering a strided view on a device is a kernel: the op API owns it.
+  if (!device().is_cpu()) return ops::contiguous(*this);
   Tensor out = empty(shape_, dtype_, device());
   out.copy_from(*this);
   return out;
@@ -283,6 +287,7 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return *this;
+  if (!device().is_cpu()) return ops::cast(*this, dtype);
   Tensor out = empty(shape_, dtype, device());
   out.copy_from(*this);
   return out;
@@ -327,10 +332,8 @@ void Tensor::copy_from(const Tensor& src) {
   // Involving a device: stage through contiguous tensors of the destination dtype.
   SD3_CHECK(is_contiguous(), "copy into a strided device tensor ", str());
   if (src.device() == device()) {
-    SD3_CHECK(src.is_contiguous() && src.dtype() == dtype_,
-              "device-side copy needs a contiguous source of the same dtype: ", src.str(), " -> ",
-              str(), " (use ops::cast / ops::contiguous on the device)");
-    device_copy(raw_data(), device(), src.raw_data(), src.device(), nbytes());
+    Tensor packed = ops::cast(ops::contiguous(src), dtype_);  // gathered and converted there
+    device_copy(raw_data(), device(), packed.raw_data(), packed.device(), nbytes());
     return;
   }
   Tensor host_src = src.device().is_cpu() ? src.to(dtype_).contiguous() : src.contiguous();
