@@ -22,7 +22,7 @@ Fusion parse_unfused(const std::string& list) {
   std::stringstream ss(list);
   std::string name;
   while (std::getline(ss, name, ',')) {
-    if (name.empty()) continue;
+    if (name.empty() || name == "none") continue;
     if (name == "all") {
       f = Fusion{false, false, false, false};
     } else if (name == "adaln") {
@@ -35,7 +35,7 @@ Fusion parse_unfused(const std::string& list) {
       f.euler = false;
     } else {
       fail("unknown fusion '", name, "' in unfused list '", list,
-           "' (expected adaln, attn, groupnorm, euler or all)");
+           "' (expected adaln, attn, groupnorm, euler, all or none)");
     }
   }
   return f;

@@ -28,7 +28,7 @@ struct Fusion {
   bool groupnorm = true;  // groupnorm_silu as one kernel
   bool euler = true;      // cfg_euler_step as one kernel
 };
-// Parses "adaln,attn,groupnorm,euler" / "all" / "" into the set of fusions to turn off.
+// Parses "adaln,attn,groupnorm,euler" / "all" / "none" / "" into the set of fusions to turn off.
 Fusion parse_unfused(const std::string& list);
 // The process-wide setting; initialised from the environment variable SD3_UNFUSED.
 Fusion& fusion();

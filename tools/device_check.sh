@@ -81,6 +81,15 @@ else
   log "no .deb/ carried: using the system's packages"
 fi
 
+# ---- test data: ../shared does not travel; fetch_device_debs.sh copies it into .deb/shared ------
+if [ -d "$root/.deb/shared/fixtures" ]; then
+  export SD3_FIXTURES="${SD3_FIXTURES:-$root/.deb/shared/fixtures}"
+  export SD3_TOKENIZERS="${SD3_TOKENIZERS:-$root/.deb/shared/tokenizers}"
+  log "fixtures from .deb/shared"
+elif [ ! -d "$root/../shared/fixtures" ]; then
+  log "no fixtures carried (.deb/shared) nor beside the checkout: fixture tests will fail"
+fi
+
 # ---- cuDNN: the toolkit's, or PyTorch's wheel ---------------------------------------------------
 if [ ! -f /usr/local/cuda/include/cudnn.h ] || ! ls /usr/local/cuda/lib64/libcudnn.so* >/dev/null 2>&1; then
   cudnn_dir="$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null)"
@@ -101,7 +110,7 @@ fi
       -DSD3_BUILD_TESTS=ON -DSD3_BUILD_BENCH=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
       -DCMAKE_POLICY_VERSION_MINIMUM=3.5 "${cmake_extra[@]}"
   fi
-  targets=(sd3_cuda_tests kernels_bench sd3_e2e_bench)
+  targets=(sd3_cuda_tests kernels_bench sd3-bench)
   cmake --build "$build" -j"${SD3_BUILD_JOBS:-16}" --target "${targets[@]}"
 } > "$out/build.log" 2>&1 || phase_fail "build (see build.log)"
 log "build done"
@@ -146,17 +155,22 @@ PYTHONUNBUFFERED=1 timeout 90 python3 "$root/tools/sdpa_bench.py" --out "$out/sd
 
 # ---- full-size generation ------------------------------------------------------------------------
 # STEP E2E: the SD3-medium MMDiT + VAE at 1024x1024 with random weights made in memory, random
-# text conditioning, 4 Euler steps with CFG: seconds per step and peak GPU memory
-# (bench/cuda/sd3_e2e_bench.cpp; set SD3_E2E to another program taking the same flags, e.g.
-# the runner's own benchmark once it exists).
+# text conditioning, 4 Euler steps with CFG (batch 2), f16: seconds per step and peak GPU memory
+# (tools/sd3_bench.cpp), once with every fusion on and once with all of them off, so the
+# end-to-end effect of the fused kernels is measured in the same run. e2e.json holds one JSON
+# object per line.
 if ((!quick)); then
-  e2e="${SD3_E2E:-$build/bench/sd3_e2e_bench}"
+  e2e="$build/bin/sd3-bench"
   if [ -x "$e2e" ]; then
-    timeout 180 "$e2e" --backend cuda --size 1024 --steps 4 --json "$out/e2e.json" \
-      >> "$out/run.log" 2>&1 || phase_fail "end-to-end generation ($e2e)"
+    : > "$out/e2e.json"
+    for unfused in none all; do
+      timeout 150 "$e2e" --backend cuda --arch sd3_medium --size 1024 --steps 4 --dtype f16 \
+        --unfused "$unfused" --json >> "$out/e2e.json" 2>> "$out/run.log" ||
+        phase_fail "end-to-end generation (--unfused $unfused)"
+    done
     log "STEP E2E done: $(cat "$out/e2e.json" 2>/dev/null)"
   else
-    log "STEP E2E skipped: no end-to-end program built"
+    log "STEP E2E skipped: sd3-bench was not built"
   fi
 fi
 

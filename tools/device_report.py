@@ -19,6 +19,23 @@ def load_json(path):
         return None
 
 
+def load_json_lines(path):
+    """One JSON object per line; lines that do not parse are skipped."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        pass
+    except OSError:
+        pass
+    return out
+
+
 def read(path):
     try:
         with open(path, errors="replace") as f:
@@ -94,10 +111,20 @@ def main():
         for b in bench.get("benchmarks", []):
             if b["name"].startswith("copy/"):
                 print(f"\nDevice-to-device copy, 1 GiB: {b['GB/s']:.0f} GB/s (read + write).")
-    e2e = load_json(os.path.join(d, "e2e.json"))
-    print("\n## End to end\n")
-    if e2e:
-        print("```\n" + json.dumps(e2e, indent=1) + "\n```")
+    runs = load_json_lines(os.path.join(d, "e2e.json"))
+    print("\n## End to end (sd3-bench, random weights)\n")
+    if runs:
+        print("| fusions off | size | dtype | s/step (median) | it/s | VAE decode s | peak GPU GiB |")
+        print("|---|---|---|---|---|---|---|")
+        for r in runs:
+            peak = (r.get("peak_device_bytes") or 0) / 2**30
+            print(f"| {r.get('unfused') or 'none'} | {r.get('width')}x{r.get('height')} | "
+                  f"{r.get('dtype')} | {r.get('step_s_median', float('nan')):.3f} | "
+                  f"{r.get('it_per_s', float('nan')):.2f} | {r.get('vae_decode_s') or float('nan'):.3f} | "
+                  f"{peak:.1f} |")
+        if len(runs) == 2 and runs[0].get("step_s_median") and runs[1].get("step_s_median"):
+            print(f"\nAll fusions off / on, seconds per step: "
+                  f"{runs[1]['step_s_median'] / runs[0]['step_s_median']:.2f}x")
     else:
         print("not run (see run.log)")
 

@@ -27,5 +27,18 @@ if ! apt-get download "${pkgs[@]}" >/dev/null 2>&1; then
   apt-get update -qq
   apt-get download "${pkgs[@]}"
 fi
+# The fixtures and tokenizer data the CUDA tests read: ../shared does not travel with the
+# device call, so a copy goes along inside .deb/shared (device_check.sh points SD3_FIXTURES
+# and SD3_TOKENIZERS there). About 43 MB; the whole carried tree must stay under 64 MiB.
+shared="${SD3_SHARED:-$root/../shared}"
+if [ -d "$shared/fixtures" ]; then
+  rm -rf "$dest/shared"
+  mkdir -p "$dest/shared/tokenizers/clip" "$dest/shared/tokenizers/t5"
+  cp -r "$shared/fixtures" "$dest/shared/fixtures"
+  cp "$shared/tokenizers/clip/bpe_simple_vocab_16e6.txt.gz" "$dest/shared/tokenizers/clip/"
+  cp "$shared/tokenizers/t5/spiece.model" "$dest/shared/tokenizers/t5/"
+else
+  echo "fetch_device_debs: no fixtures at $shared (set SD3_SHARED): fixture tests will fail there" >&2
+fi
 du -sh "$dest"
-ls "$dest"
+ls "$dest"/*.deb | wc -l
