@@ -48,8 +48,8 @@ std::vector<GoldenCase> cases_of_kind(const std::string& kind) {
     g.raw = c;
     out.push_back(std::move(g));
   }
-  SD3_CHECK(!out.empty(), "manifest ", fixtures_dir(), "/manifest.json has no case of kind '",
-            kind, "'");
+  SD3_CHECK(!out.empty(), "manifest ", fixtures_dir(), "/manifest.json has no case of kind '", kind,
+            "'");
   return out;
 }
 
@@ -61,6 +61,11 @@ const nlohmann::json& checkpoint_entry(const std::string& checkpoint) {
 
 std::string checkpoint_file(const std::string& checkpoint) {
   return fixture_path(checkpoint_entry(checkpoint).at("file").get<std::string>());
+}
+
+WeightStore checkpoint_store(const std::string& checkpoint) {
+  return WeightStore::open({checkpoint_file(checkpoint)})
+      .with_prefix(checkpoint_entry(checkpoint).value("key_prefix", std::string()));
 }
 
 namespace {

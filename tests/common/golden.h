@@ -11,14 +11,15 @@
 #include <vector>
 
 #include "engine/tensor.h"
+#include "engine/weights.h"
 
 namespace sd3::test {
 
 struct GoldenCase {
   std::string name;
   std::string kind;
-  std::string checkpoint;  // manifest checkpoint name, or empty
-  std::string golden_file; // path of <case>_golden.safetensors
+  std::string checkpoint;   // manifest checkpoint name, or empty
+  std::string golden_file;  // path of <case>_golden.safetensors
   std::vector<std::string> inputs;
   std::vector<std::string> outputs;
   nlohmann::json params;
@@ -31,6 +32,8 @@ std::vector<GoldenCase> cases_of_kind(const std::string& kind);
 // Path of a manifest checkpoint's file, and its config object.
 std::string checkpoint_file(const std::string& checkpoint);
 const nlohmann::json& checkpoint_entry(const std::string& checkpoint);
+// The manifest checkpoint's file viewed through its key_prefix: what the model loaders take.
+WeightStore checkpoint_store(const std::string& checkpoint);
 
 // input.<name> / output.<name> of a case (F32 or I64 as stored).
 Tensor golden_input(const GoldenCase& c, const std::string& name);

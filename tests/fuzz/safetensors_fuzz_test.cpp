@@ -9,10 +9,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <typeinfo>
 
+#include "common/files.h"
 #include "common/test_data.h"
 #include "engine/error.h"
 #include "engine/safetensors.h"
@@ -31,18 +30,6 @@ int64_t env_int(const char* name, int64_t fallback) {
   return v && *v ? std::strtoll(v, nullptr, 10) : fallback;
 }
 
-std::string read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void write_all(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
 // Valid starting points: a mixed-dtype file with metadata, and a tiny CLIP-L checkpoint (so
 // the component finder and the loader's spec checks run on the mutants too).
 std::vector<std::string> seed_files(const std::string& dir) {
@@ -54,7 +41,7 @@ std::vector<std::string> seed_files(const std::string& dir) {
                      {"c", Tensor::from_floats({0.5f, -1.0f}, {2}, DType::BF16)},
                      {"d.ids", Tensor::from_ints({7, 8, 9}, {3}, DType::I64)}},
                     {{"format", "pt"}, {"num_attention_heads", "2"}});
-  out.push_back(read_all(mixed));
+  out.push_back(test::read_file(mixed));
 
   models::ClipConfig cfg = models::ClipConfig::clip_l();
   cfg.vocab_size = 16;
@@ -66,7 +53,7 @@ std::vector<std::string> seed_files(const std::string& dir) {
   const std::string clip = dir + "/clip.safetensors";
   models::write_random_checkpoint(clip, {{"clip_l", "", models::clip_weight_specs(cfg)}},
                                   StDType::F16, 1, {{"num_attention_heads", "2"}});
-  out.push_back(read_all(clip));
+  out.push_back(test::read_file(clip));
   return out;
 }
 
@@ -151,27 +138,8 @@ void exercise(const std::string& path) {
     if (comp.problems.empty()) comp.weights.load_all(comp.specs);
 }
 
-// Caps the address space while alive, so a mutant that makes the code allocate without bound
-// fails as std::bad_alloc (reported) instead of summoning the OOM killer.
-class AddressSpaceLimit {
- public:
-  explicit AddressSpaceLimit(rlim_t bytes) {
-    ok_ = getrlimit(RLIMIT_AS, &old_) == 0;
-    rlimit lim = old_;
-    lim.rlim_cur = std::min<rlim_t>(bytes, old_.rlim_max);
-    ok_ = ok_ && setrlimit(RLIMIT_AS, &lim) == 0;
-  }
-  ~AddressSpaceLimit() {
-    if (ok_) setrlimit(RLIMIT_AS, &old_);
-  }
-
- private:
-  rlimit old_{};
-  bool ok_ = false;
-};
-
 TEST(SafetensorsFuzz, MutatedHeadersThrowSd3ErrorOrLoad) {
-  const AddressSpaceLimit limit(rlim_t{8} << 30);
+  const test::AddressSpaceLimit limit(rlim_t{8} << 30);
   const std::string dir = test::temp_dir();
   const std::vector<std::string> seeds = seed_files(dir);
   const int64_t iterations = env_int("SD3_FUZZ_ITERATIONS", kIterations);
@@ -189,7 +157,7 @@ TEST(SafetensorsFuzz, MutatedHeadersThrowSd3ErrorOrLoad) {
     for (int m = 0; m < n; ++m) what += mutate(bytes, rng) + "; ";
     // A fresh name each time: rewriting one file in place makes ext4 flush it on close.
     const std::string path = dir + "/mutant" + std::to_string(done) + ".safetensors";
-    write_all(path, bytes);
+    test::write_file(path, bytes);
     const auto t0 = std::chrono::steady_clock::now();
     try {
       exercise(path);

@@ -3,21 +3,20 @@
 // (header-only sparse files at the full released sizes, under each prefix the schema lists,
 // and all together in one sd3_medium_incl_clips-like file).
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
+#include "common/files.h"
 #include "common/golden.h"
+#include "common/schema.h"
 #include "common/test_data.h"
+#include "common/tiny_models.h"
 #include "engine/error.h"
 #include "models/checkpoint.h"
 #include "models/random_weights.h"
@@ -25,41 +24,21 @@
 namespace sd3::models {
 namespace {
 
-// -m/--model files only.
-ModelPaths positional(std::vector<std::string> files) {
-  ModelPaths p;
-  p.models = std::move(files);
-  return p;
-}
+using test::positional;
 
 using nlohmann::json;
-
-std::string schemas_dir() {
-  const char* env = std::getenv("SD3_SCHEMAS");
-  const std::string dir =
-      env && *env ? std::string(env) : std::string(SD3_DEFAULT_SHARED_DIR) + "/schemas";
-  SD3_CHECK(std::filesystem::is_directory(dir), "schema directory '", dir,
-            "' does not exist (set SD3_SCHEMAS)");
-  return dir;
-}
-
-json read_json(const std::string& path) {
-  std::ifstream in(path);
-  SD3_CHECK(in.good(), "cannot read ", path);
-  return json::parse(in);
-}
 
 // Every *.json schema with an `arch` and a `tensors` list.
 std::vector<json> schemas() {
   std::vector<json> out;
-  for (const auto& e : std::filesystem::directory_iterator(schemas_dir())) {
+  for (const auto& e : std::filesystem::directory_iterator(test::schemas_dir())) {
     if (e.path().extension() != ".json") continue;
-    json s = read_json(e.path().string());
+    json s = test::read_json(e.path().string());
     if (s.contains("arch") && s.contains("tensors")) out.push_back(std::move(s));
   }
   std::sort(out.begin(), out.end(),
             [](const json& a, const json& b) { return a["arch"] < b["arch"]; });
-  SD3_CHECK(!out.empty(), "no schemas in ", schemas_dir());
+  SD3_CHECK(!out.empty(), "no schemas in ", test::schemas_dir());
   return out;
 }
 
@@ -81,33 +60,8 @@ void expect_config_matches(const json& ours, const json& want, const std::string
   EXPECT_GE(common, min_common) << what << ": too few config fields in common: " << ours.dump();
 }
 
-struct SchemaTensor {
-  std::string key;  // without the canonical prefix
-  Shape shape;
-  bool optional = false;
-};
-
-std::vector<SchemaTensor> schema_tensors(const json& s) {
-  const std::string canonical = s.value("canonical_prefix", "");
-  std::vector<SchemaTensor> out;
-  for (const auto& t : s["tensors"]) {
-    std::string key = t["key"];
-    SD3_CHECK(key.compare(0, canonical.size(), canonical) == 0, "schema key '", key,
-              "' lacks the canonical prefix '", canonical, "'");
-    out.push_back(
-        {key.substr(canonical.size()), t["shape"].get<Shape>(), t.value("optional", false)});
-  }
-  return out;
-}
-
-std::vector<SafetensorsWriter::Entry> schema_entries(const json& s, const std::string& prefix,
-                                                     bool with_optional,
-                                                     StDType dtype = StDType::F16) {
-  std::vector<SafetensorsWriter::Entry> out;
-  for (const auto& t : schema_tensors(s))
-    if (with_optional || !t.optional) out.push_back({prefix + t.key, dtype, t.shape});
-  return out;
-}
+using test::schema_entries;
+using test::schema_tensors;
 
 std::set<std::string> schema_prefixes(const json& s) {
   std::set<std::string> out = {s.value("canonical_prefix", ""), ""};
@@ -153,7 +107,9 @@ TEST(CheckpointSchemas, EveryRealSchemaIsRecognisedUnderEveryPrefix) {
         EXPECT_TRUE(found.unassigned.empty()) << what;
         EXPECT_EQ(c.dtypes, std::vector<std::string>{"F16"}) << what;
         expect_config_matches(config_to_json(c.config), s["config"], what);
-        if (!with_optional) EXPECT_EQ(c.tensor_count, s["tensor_count"].get<int64_t>()) << what;
+        if (!with_optional) {
+          EXPECT_EQ(c.tensor_count, s["tensor_count"].get<int64_t>()) << what;
+        }
       }
     }
     std::filesystem::remove(dir + "/" + arch + ".safetensors");
@@ -181,7 +137,7 @@ TEST(CheckpointSchemas, Fp8T5IsRecognisedAndAccepted) {
     std::filesystem::remove(path);
     return;
   }
-  FAIL() << "no t5xxl schema in " << schemas_dir();
+  FAIL() << "no t5xxl schema in " << test::schemas_dir();
 }
 
 // The prefix a schema's component has inside the combined single files (sd3_medium*), else
@@ -248,23 +204,6 @@ TEST(CheckpointSchemas, Sd35SingleFileHoldsMMDiTAndVae) {
 
 // ---- fixtures ---------------------------------------------------------------------------
 
-struct CommandResult {
-  int status = -1;
-  std::string out;
-};
-
-CommandResult run(const std::string& command) {
-  CommandResult r;
-  FILE* p = popen(command.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
-
 void expect_matches_entry(const json& comp, const json& entry, const std::string& what) {
   EXPECT_EQ(comp["arch"], entry["arch"]) << what;
   EXPECT_EQ(comp["prefix"], entry["key_prefix"]) << what;
@@ -299,7 +238,8 @@ TEST(CheckpointFixtures, EveryFixtureCheckpointIsRecognised) {
     names.push_back(it.key());
   }
   // The same through sd3-inspect --json: one JSON object per line, in argument order.
-  const CommandResult r = run(test::bin_dir() + "/sd3-inspect --json" + all_paths + " 2>&1");
+  const test::CommandResult r =
+      test::run_command(test::bin_dir() + "/sd3-inspect --json" + all_paths + " 2>&1");
   ASSERT_EQ(r.status, 0) << r.out;
   std::istringstream lines(r.out);
   std::string line;
@@ -314,7 +254,8 @@ TEST(CheckpointFixtures, EveryFixtureCheckpointIsRecognised) {
   }
   EXPECT_EQ(i, names.size());
   // The text listing names every tensor.
-  const CommandResult text = run(test::bin_dir() + "/sd3-inspect" + all_paths + " 2>&1");
+  const test::CommandResult text =
+      test::run_command(test::bin_dir() + "/sd3-inspect" + all_paths + " 2>&1");
   ASSERT_EQ(text.status, 0) << text.out;
   for (auto it = cps.begin(); it != cps.end(); ++it) {
     auto f = SafetensorsFile::open(test::checkpoint_file(it.key()));

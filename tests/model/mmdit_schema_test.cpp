@@ -2,16 +2,14 @@
 // configuration read back from weights at the schema's shapes. The schema "files" are sparse:
 // a real safetensors header and a data section that is only ftruncate'd, so a 16 GB SD3.5-large
 // costs no disk and no time.
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <cstdlib>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "common/schema.h"
 #include "common/test_data.h"
 #include "engine/error.h"
 #include "engine/weights.h"
@@ -20,41 +18,7 @@
 namespace sd3::models {
 namespace {
 
-std::string schemas_dir() {
-  const char* env = std::getenv("SD3_SCHEMAS");
-  return (env && *env) ? std::string(env) : std::string(SD3_DEFAULT_SHARED_DIR) + "/schemas";
-}
-
-nlohmann::json read_schema(const std::string& name) {
-  const std::string path = schemas_dir() + "/" + name + ".json";
-  std::ifstream in(path);
-  SD3_CHECK(in.good(), "cannot read schema ", path, " (set SD3_SCHEMAS to the schema directory)");
-  return nlohmann::json::parse(in);
-}
-
-// A safetensors file holding `specs` (F16, keys prefixed) whose data section is a hole.
-std::string write_sparse_safetensors(const std::string& path, const std::string& prefix,
-                                     const std::vector<WeightSpec>& specs) {
-  nlohmann::json header = nlohmann::json::object();
-  uint64_t offset = 0;
-  for (const WeightSpec& s : specs) {
-    const uint64_t bytes = static_cast<uint64_t>(shape_numel(s.shape)) * 2;
-    header[prefix + s.key] = {
-        {"dtype", "F16"}, {"shape", s.shape}, {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-  }
-  std::string text = header.dump();
-  while (text.size() % 8 != 0) text.push_back(' ');
-  const uint64_t n = text.size();
-  std::ofstream out(path, std::ios::binary);
-  for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xff));
-  out << text;
-  out.close();
-  SD3_CHECK(out.good(), "cannot write ", path);
-  SD3_CHECK(::truncate(path.c_str(), static_cast<off_t>(8 + n + offset)) == 0, "cannot size ",
-            path);
-  return path;
-}
+using test::write_sparse;
 
 struct RealSchema {
   const char* file;
@@ -67,7 +31,7 @@ const RealSchema kSchemas[] = {{"sd3_medium_mmdit", &MMDiTConfig::sd3_medium},
 TEST(MMDiTSchema, WeightSpecsEqualRealSchemas) {
   for (const RealSchema& r : kSchemas) {
     SCOPED_TRACE(r.file);
-    nlohmann::json schema = read_schema(r.file);
+    nlohmann::json schema = test::read_schema(r.file);
     const std::string prefix = schema.at("canonical_prefix").get<std::string>();
     std::map<std::string, Shape> want;
     for (const auto& t : schema.at("tensors"))
@@ -94,7 +58,7 @@ TEST(MMDiTSchema, WeightSpecsEqualRealSchemas) {
 TEST(MMDiTSchema, PresetsAgreeWithSchemaConfigs) {
   for (const RealSchema& r : kSchemas) {
     SCOPED_TRACE(r.file);
-    const nlohmann::json cfg = read_schema(r.file).at("config");
+    const nlohmann::json cfg = test::read_schema(r.file).at("config");
     const MMDiTConfig p = r.preset();
     EXPECT_EQ(p.depth, cfg.at("depth").get<int64_t>());
     EXPECT_EQ(p.hidden_size, cfg.at("hidden_size").get<int64_t>());
@@ -120,7 +84,7 @@ TEST(MMDiTSchema, ConfigFromSchemaWeightsIsThePreset) {
   const std::string dir = test::temp_dir();
   for (const RealSchema& r : kSchemas) {
     SCOPED_TRACE(r.file);
-    nlohmann::json schema = read_schema(r.file);
+    nlohmann::json schema = test::read_schema(r.file);
     const std::string prefix = schema.at("canonical_prefix").get<std::string>();
     std::vector<WeightSpec> specs;
     for (const auto& t : schema.at("tensors")) {
@@ -128,8 +92,7 @@ TEST(MMDiTSchema, ConfigFromSchemaWeightsIsThePreset) {
       ASSERT_EQ(key.rfind(prefix, 0), 0u) << key;
       specs.push_back({key.substr(prefix.size()), t.at("shape").get<Shape>()});
     }
-    const std::string path =
-        write_sparse_safetensors(dir + "/" + r.file + ".safetensors", prefix, specs);
+    const std::string path = write_sparse(dir + "/" + r.file + ".safetensors", prefix, specs);
     WeightStore w = WeightStore::open({path}).with_prefix(prefix);
     MMDiTConfig cfg = mmdit_config_from_weights(w);
     EXPECT_EQ(cfg, r.preset()) << "read: " << to_string(cfg)
@@ -164,16 +127,16 @@ TEST(MMDiTSchema, ReducedConfigsRoundTrip) {
   int n = 0;
   for (const MMDiTConfig& cfg : configs) {
     SCOPED_TRACE(to_string(cfg));
-    const std::string path = write_sparse_safetensors(
-        dir + "/reduced" + std::to_string(n++) + ".safetensors", "", mmdit_weight_specs(cfg));
+    const std::string path = write_sparse(dir + "/reduced" + std::to_string(n++) + ".safetensors",
+                                          "", mmdit_weight_specs(cfg));
     EXPECT_EQ(mmdit_config_from_weights(WeightStore::open({path})), cfg);
   }
 }
 
 TEST(MMDiTSchema, NonMMDiTStoreIsRejectedClearly) {
   const std::string dir = test::temp_dir();
-  const std::string path = write_sparse_safetensors(
-      dir + "/clip.safetensors", "", {{"text_model.embeddings.position_ids", {1, 77}}});
+  const std::string path = write_sparse(dir + "/clip.safetensors", "",
+                                        {{"text_model.embeddings.position_ids", {1, 77}}});
   try {
     mmdit_config_from_weights(WeightStore::open({path}).with_prefix("model.diffusion_model."));
     ADD_FAILURE() << "no error";
@@ -194,7 +157,7 @@ TEST(MMDiTSchema, MisshapenTensorIsNamed) {
   std::vector<WeightSpec> specs = mmdit_weight_specs(cfg);
   for (WeightSpec& s : specs)
     if (s.key == "joint_blocks.0.x_block.mlp.fc1.weight") s.shape = {255, 64};
-  const std::string path = write_sparse_safetensors(dir + "/bad.safetensors", "", specs);
+  const std::string path = write_sparse(dir + "/bad.safetensors", "", specs);
   try {
     MMDiT::load(WeightStore::open({path}));
     ADD_FAILURE() << "no error";

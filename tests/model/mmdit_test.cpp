@@ -15,12 +15,6 @@ namespace {
 
 using test::GoldenCase;
 
-WeightStore store_of(const GoldenCase& c) {
-  const auto& cp = test::checkpoint_entry(c.checkpoint);
-  return WeightStore::open({test::checkpoint_file(c.checkpoint)})
-      .with_prefix(cp.value("key_prefix", std::string()));
-}
-
 MMDiTForwardOptions options_of(const GoldenCase& c) {
   MMDiTForwardOptions opt;
   if (c.params.contains("skip_layers"))
@@ -41,7 +35,7 @@ TEST(MMDiT, ConfigFromWeightsMatchesManifest) {
   for (const GoldenCase& c : test::cases_of_kind("mmdit")) {
     SCOPED_TRACE(c.name);
     const auto& want = test::checkpoint_entry(c.checkpoint).at("config");
-    MMDiTConfig cfg = mmdit_config_from_weights(store_of(c));
+    MMDiTConfig cfg = mmdit_config_from_weights(test::checkpoint_store(c.checkpoint));
     EXPECT_EQ(cfg.depth, want.at("depth").get<int64_t>());
     EXPECT_EQ(cfg.hidden_size, want.at("hidden_size").get<int64_t>());
     EXPECT_EQ(cfg.num_heads, want.at("num_heads").get<int64_t>());
@@ -60,7 +54,7 @@ TEST(MMDiT, ConfigFromWeightsMatchesManifest) {
 TEST(MMDiT, GoldensMatchReference) {
   for (const GoldenCase& c : test::cases_of_kind("mmdit")) {
     SCOPED_TRACE(c.name);
-    MMDiT model = MMDiT::load(store_of(c));
+    MMDiT model = MMDiT::load(test::checkpoint_store(c.checkpoint));
     EXPECT_TRUE(model.unexpected_keys().empty());
     Inputs in = inputs_of(c);
     MMDiTTrace trace;
@@ -82,7 +76,7 @@ TEST(MMDiT, GoldensMatchReference) {
 TEST(MMDiT, UntracedAndSingleSampleForwardsMatch) {
   for (const GoldenCase& c : test::cases_of_kind("mmdit")) {
     SCOPED_TRACE(c.name);
-    MMDiT model = MMDiT::load(store_of(c));
+    MMDiT model = MMDiT::load(test::checkpoint_store(c.checkpoint));
     Inputs in = inputs_of(c);
     const MMDiTForwardOptions opt = options_of(c);
     Tensor out = model.forward(in.x, in.t, in.y, in.context, opt);
@@ -99,7 +93,7 @@ TEST(MMDiT, UntracedAndSingleSampleForwardsMatch) {
 
 TEST(MMDiT, BadInputsGiveClearErrors) {
   const GoldenCase c = test::cases_of_kind("mmdit").front();
-  MMDiT model = MMDiT::load(store_of(c));
+  MMDiT model = MMDiT::load(test::checkpoint_store(c.checkpoint));
   const MMDiTConfig& cfg = model.config();
   Inputs in = inputs_of(c);
   const int64_t B = in.x.size(0);

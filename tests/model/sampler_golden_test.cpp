@@ -20,12 +20,6 @@ namespace {
 
 using test::GoldenCase;
 
-WeightStore store_of(const std::string& checkpoint) {
-  const auto& cp = test::checkpoint_entry(checkpoint);
-  return WeightStore::open({test::checkpoint_file(checkpoint)})
-      .with_prefix(cp.value("key_prefix", std::string()));
-}
-
 std::string checkpoint_for(const GoldenCase& c, const std::string& role) {
   const auto& cps = c.raw.at("checkpoints");
   SD3_CHECK(cps.contains(role), "case '", c.name, "' names no '", role, "' checkpoint");
@@ -64,7 +58,7 @@ struct SamplerRun {
 };
 
 SamplerRun prepare(const GoldenCase& c) {
-  SamplerRun run{MMDiT::load(store_of(checkpoint_for(c, "mmdit"))), {}, {}, {}, {}};
+  SamplerRun run{MMDiT::load(test::checkpoint_store(checkpoint_for(c, "mmdit"))), {}, {}, {}, {}};
   const auto& p = c.params;
   const int steps = p.at("steps").get<int>();
   run.sigmas = FlowSchedule{p.at("shift").get<float>()}.sigmas(steps);
@@ -118,7 +112,7 @@ TEST(SamplerGolden, MatchesReference) {
     expect_matches(vae_latent, c, "latent_process_out");
     VaeLoadOptions vo;
     vo.encoder = false;
-    Vae vae = Vae::load(store_of(checkpoint_for(c, "vae")), Device::cpu(), vo);
+    Vae vae = Vae::load(test::checkpoint_store(checkpoint_for(c, "vae")), Device::cpu(), vo);
     Tensor decoded = vae.decode(vae_latent);
     expect_matches(decoded, c, "decoded");
 

@@ -2,18 +2,15 @@
 // ../shared/schemas exactly, and the configs derived from those key/shape lists are the
 // presets. Also: a misshapen or missing tensor is one error naming key and shapes, and extras
 // are reported by unexpected().
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <cstdlib>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <string>
 
+#include "common/schema.h"
 #include "common/test_data.h"
 #include "engine/safetensors.h"
 #include "engine/weights.h"
@@ -25,18 +22,6 @@ namespace {
 
 using models::ClipConfig;
 using models::T5Config;
-
-std::string schemas_dir() {
-  const char* env = std::getenv("SD3_SCHEMAS");
-  return env && *env ? std::string(env) : std::string(SD3_DEFAULT_SHARED_DIR) + "/schemas";
-}
-
-nlohmann::json read_schema(const std::string& arch) {
-  const std::string path = schemas_dir() + "/" + arch + ".json";
-  std::ifstream in(path);
-  SD3_CHECK(in.good(), "cannot read schema ", path, " (set SD3_SCHEMAS to the schemas directory)");
-  return nlohmann::json::parse(in);
-}
 
 struct SchemaEntry {
   Shape shape;
@@ -76,33 +61,14 @@ void expect_specs_equal(const std::vector<WeightSpec>& specs,
         << what << ": loader expects " << key << " " << shape_str(shape) << ", not in the schema";
 }
 
-// A safetensors file with the schema's keys and shapes (F16) whose data section is a hole:
-// the header is real, the file is ftruncate'd to full size, so it costs no disk.
-std::string write_sparse(const std::map<std::string, SchemaEntry>& schema, bool with_optional,
+// A sparse file (header only) with the schema's keys and shapes, F16, under its canonical
+// prefix.
+std::string write_sparse(const nlohmann::json& schema, bool with_optional,
                          const std::string& name) {
-  nlohmann::json header = nlohmann::json::object();
-  uint64_t offset = 0;
-  for (const auto& [key, e] : schema) {
-    if (e.optional && !with_optional) continue;
-    const uint64_t bytes = static_cast<uint64_t>(shape_numel(e.shape)) * 2;
-    header[key] = {
-        {"dtype", "F16"}, {"shape", e.shape}, {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-  }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');
-  const std::string path = test::temp_dir() + "/" + name + ".safetensors";
-  const int fd = ::open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
-  SD3_CHECK(fd >= 0, "cannot create ", path);
-  uint64_t n = text.size();
-  unsigned char len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-  bool ok = ::write(fd, len, 8) == 8 &&
-            ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
-            ::ftruncate(fd, static_cast<off_t>(8 + n + offset)) == 0;
-  ::close(fd);
-  SD3_CHECK(ok, "cannot write ", path);
-  return path;
+  return test::write_sparse(
+      test::temp_dir() + "/" + name + ".safetensors",
+      test::schema_entries(schema, schema.at("canonical_prefix").get<std::string>(),
+                           with_optional));
 }
 
 void expect_clip_config_eq(const ClipConfig& a, const ClipConfig& b, const std::string& what) {
@@ -123,7 +89,7 @@ void expect_clip_config_eq(const ClipConfig& a, const ClipConfig& b, const std::
 
 void check_clip_schema(const std::string& arch, const ClipConfig& preset) {
   SCOPED_TRACE(arch);
-  const nlohmann::json schema = read_schema(arch);
+  const nlohmann::json schema = test::read_schema(arch);
   const std::string prefix = schema.at("canonical_prefix").get<std::string>();
   const auto entries = schema_entries(schema);
   const auto& sc = schema.at("config");
@@ -143,11 +109,11 @@ void check_clip_schema(const std::string& arch, const ClipConfig& preset) {
   expect_specs_equal(models::clip_weight_specs(with_all), entries, true, prefix,
                      arch + " with optional tensors");
 
-  WeightStore w = WeightStore::open({write_sparse(entries, false, arch)}).with_prefix(prefix);
+  WeightStore w = WeightStore::open({write_sparse(schema, false, arch)}).with_prefix(prefix);
   expect_clip_config_eq(models::clip_config_from_weights(w), preset, arch + " from weights");
   if (has_optional) {
     WeightStore w2 =
-        WeightStore::open({write_sparse(entries, true, arch + "_all")}).with_prefix(prefix);
+        WeightStore::open({write_sparse(schema, true, arch + "_all")}).with_prefix(prefix);
     expect_clip_config_eq(models::clip_config_from_weights(w2), with_all,
                           arch + " from weights with optional tensors");
   }
@@ -161,7 +127,7 @@ TEST(TextEncoderSchema, ClipG) {
 }
 
 TEST(TextEncoderSchema, T5Xxl) {
-  const nlohmann::json schema = read_schema("t5xxl");
+  const nlohmann::json schema = test::read_schema("t5xxl");
   const std::string prefix = schema.at("canonical_prefix").get<std::string>();
   const auto entries = schema_entries(schema);
   const T5Config preset = T5Config::xxl();
@@ -176,7 +142,7 @@ TEST(TextEncoderSchema, T5Xxl) {
   EXPECT_EQ(preset.max_distance, sc.at("relative_attention_max_distance").get<int64_t>());
   expect_specs_equal(models::t5_weight_specs(preset), entries, true, prefix, "t5xxl");
 
-  WeightStore w = WeightStore::open({write_sparse(entries, true, "t5xxl")}).with_prefix(prefix);
+  WeightStore w = WeightStore::open({write_sparse(schema, true, "t5xxl")}).with_prefix(prefix);
   const T5Config got = models::t5_config_from_weights(w);
   EXPECT_EQ(got.vocab_size, preset.vocab_size);
   EXPECT_EQ(got.d_model, preset.d_model);

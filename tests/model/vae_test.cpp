@@ -4,16 +4,14 @@
 #include "models/vae.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 
 #include "common/golden.h"
+#include "common/schema.h"
 #include "common/test_data.h"
 #include "engine/error.h"
 #include "engine/safetensors.h"
@@ -25,18 +23,12 @@ namespace {
 
 using test::GoldenCase;
 
-WeightStore checkpoint_store(const GoldenCase& c) {
-  const auto& entry = test::checkpoint_entry(c.checkpoint);
-  return WeightStore::open({test::checkpoint_file(c.checkpoint)})
-      .with_prefix(entry.value("key_prefix", ""));
-}
-
 // ---- goldens --------------------------------------------------------------------------------
 
 TEST(VaeGolden, Decode) {
   for (const GoldenCase& c : test::cases_of_kind("vae_decode")) {
     SCOPED_TRACE(c.name);
-    const Vae vae = Vae::load(checkpoint_store(c));
+    const Vae vae = Vae::load(test::checkpoint_store(c.checkpoint));
     VaeTrace trace;
     const Tensor latent = test::golden_input(c, "latent");
     const Tensor decoded = vae.decode(latent, &trace);
@@ -56,7 +48,7 @@ TEST(VaeGolden, DecodeWithDecoderOnly) {
     SCOPED_TRACE(c.name);
     VaeLoadOptions opt;
     opt.encoder = false;
-    const Vae vae = Vae::load(checkpoint_store(c), Device::cpu(), opt);
+    const Vae vae = Vae::load(test::checkpoint_store(c.checkpoint), Device::cpu(), opt);
     EXPECT_FALSE(vae.has_encoder());
     EXPECT_TRUE(test::matches_golden(vae.decode(test::golden_input(c, "latent")), c, "decoded"));
     EXPECT_THROW(vae.encode_moments(Tensor::zeros({1, 3, 8, 8}, DType::F32)), Error);
@@ -66,7 +58,7 @@ TEST(VaeGolden, DecodeWithDecoderOnly) {
 TEST(VaeGolden, Encode) {
   for (const GoldenCase& c : test::cases_of_kind("vae_encode")) {
     SCOPED_TRACE(c.name);
-    const Vae vae = Vae::load(checkpoint_store(c));
+    const Vae vae = Vae::load(test::checkpoint_store(c.checkpoint));
     VaeTrace trace;
     const Tensor sample =
         vae.encode(test::golden_input(c, "image"), test::golden_input(c, "noise"), &trace);
@@ -94,21 +86,21 @@ TEST(VaeConfigTest, FromTinyCheckpointMatchesManifest) {
     for (const GoldenCase& c : test::cases_of_kind(kind)) {
       SCOPED_TRACE(c.name);
       const nlohmann::json& want = test::checkpoint_entry(c.checkpoint).at("config");
-      const VaeConfig cfg = vae_config_from_weights(checkpoint_store(c));
+      const VaeConfig cfg = vae_config_from_weights(test::checkpoint_store(c.checkpoint));
       EXPECT_EQ(cfg.ch, want.at("ch").get<int64_t>());
       EXPECT_EQ(cfg.ch_mult, want.at("ch_mult").get<std::vector<int64_t>>());
       EXPECT_EQ(cfg.num_res_blocks, want.at("num_res_blocks").get<int64_t>());
       EXPECT_EQ(cfg.z_channels, want.at("z_channels").get<int64_t>());
       EXPECT_EQ(cfg.in_channels, want.value("in_channels", int64_t{3}));
       EXPECT_EQ(cfg.out_channels, want.value("out_ch", int64_t{3}));
-      EXPECT_TRUE(Vae::load(checkpoint_store(c)).unexpected_keys().empty());
+      EXPECT_TRUE(Vae::load(test::checkpoint_store(c.checkpoint)).unexpected_keys().empty());
     }
   }
 }
 
 TEST(VaeInputs, BadShapesGiveClearErrors) {
   const GoldenCase c = test::cases_of_kind("vae_encode").front();
-  const Vae vae = Vae::load(checkpoint_store(c));
+  const Vae vae = Vae::load(test::checkpoint_store(c.checkpoint));
   const int64_t f = vae.config().downscale();
   auto message = [](auto&& fn) {
     try {
@@ -150,9 +142,7 @@ std::vector<GoldenCase> decoding_cases() {
 }
 
 WeightStore vae_store_of(const GoldenCase& c) {
-  GoldenCase v = c;
-  v.checkpoint = c.raw.at("checkpoints").at("vae").get<std::string>();
-  return checkpoint_store(v);
+  return test::checkpoint_store(c.raw.at("checkpoints").at("vae").get<std::string>());
 }
 
 TEST(VaePipeline, DecodesSampledLatents) {
@@ -215,53 +205,7 @@ TEST(VaePipeline, ImageConversionIsTheReferences) {
 
 // ---- schema ---------------------------------------------------------------------------------
 
-std::string schemas_dir() {
-  const char* env = std::getenv("SD3_SCHEMAS");
-  return (env && *env) ? std::string(env) : std::string(SD3_DEFAULT_SHARED_DIR) + "/schemas";
-}
-
-nlohmann::json read_schema(const std::string& name) {
-  const std::string path = schemas_dir() + "/" + name + ".json";
-  std::ifstream in(path);
-  SD3_CHECK(in.good(), "cannot read schema ", path, " (set SD3_SCHEMAS to the schema directory)");
-  return nlohmann::json::parse(in);
-}
-
-// A safetensors file holding `specs` (F16, keys prefixed) whose data section is a hole, so a
-// real-size VAE costs no disk.
-std::string write_sparse_safetensors(const std::string& path, const std::string& prefix,
-                                     const std::vector<WeightSpec>& specs) {
-  nlohmann::json header = nlohmann::json::object();
-  uint64_t offset = 0;
-  for (const WeightSpec& s : specs) {
-    const uint64_t bytes = static_cast<uint64_t>(shape_numel(s.shape)) * 2;
-    header[prefix + s.key] = {
-        {"dtype", "F16"}, {"shape", s.shape}, {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-  }
-  std::string text = header.dump();
-  while (text.size() % 8 != 0) text.push_back(' ');
-  const uint64_t n = text.size();
-  std::ofstream out(path, std::ios::binary);
-  for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xff));
-  out << text;
-  out.close();
-  SD3_CHECK(out.good(), "cannot write ", path);
-  SD3_CHECK(::truncate(path.c_str(), static_cast<off_t>(8 + n + offset)) == 0, "cannot size ",
-            path);
-  return path;
-}
-
-std::vector<WeightSpec> schema_specs(const nlohmann::json& schema, const std::string& prefix) {
-  std::vector<WeightSpec> specs;
-  for (const auto& t : schema.at("tensors")) {
-    std::string key = t.at("key").get<std::string>();
-    SD3_CHECK(key.compare(0, prefix.size(), prefix) == 0, "schema key ", key, " lacks prefix ",
-              prefix);
-    specs.push_back({key.substr(prefix.size()), t.at("shape").get<Shape>()});
-  }
-  return specs;
-}
+using test::write_sparse;
 
 void expect_config_eq(const VaeConfig& got, const VaeConfig& want) {
   EXPECT_EQ(got.ch, want.ch);
@@ -275,9 +219,9 @@ void expect_config_eq(const VaeConfig& got, const VaeConfig& want) {
 }
 
 TEST(VaeSchema, WeightSpecsEqualRealSchema) {
-  const nlohmann::json schema = read_schema("sd3_vae");
+  const nlohmann::json schema = test::read_schema("sd3_vae");
   const std::string prefix = schema.at("canonical_prefix").get<std::string>();
-  const std::vector<WeightSpec> want = schema_specs(schema, prefix);
+  const std::vector<WeightSpec> want = test::schema_specs(schema);
   const std::vector<WeightSpec> got = vae_weight_specs(VaeConfig::sd3());
   std::map<std::string, Shape> want_map, got_map;
   for (const WeightSpec& s : want) want_map[s.key] = s.shape;
@@ -302,30 +246,29 @@ TEST(VaeSchema, WeightSpecsEqualRealSchema) {
 }
 
 TEST(VaeSchema, ConfigFromSchemaShapedWeights) {
-  const nlohmann::json schema = read_schema("sd3_vae");
-  const std::string canonical = schema.at("canonical_prefix").get<std::string>();
-  const std::vector<WeightSpec> specs = schema_specs(schema, canonical);
+  const nlohmann::json schema = test::read_schema("sd3_vae");
+  const std::vector<WeightSpec> specs = test::schema_specs(schema);
   const std::string dir = test::temp_dir();
   // Every prefix variant: inside a single-file release and as a separate bare-key file.
   for (const auto& variant : schema.at("prefix_variants")) {
     const std::string prefix = variant.at("prefix").get<std::string>();
     SCOPED_TRACE("prefix '" + prefix + "'");
-    const std::string path = write_sparse_safetensors(
-        dir + "/vae" + std::to_string(prefix.size()) + ".safetensors", prefix, specs);
+    const std::string path =
+        write_sparse(dir + "/vae" + std::to_string(prefix.size()) + ".safetensors", prefix, specs);
     const WeightStore w = WeightStore::open({path}).with_prefix(prefix);
     expect_config_eq(vae_config_from_weights(w), VaeConfig::sd3());
     EXPECT_TRUE(w.unexpected(vae_weight_specs(VaeConfig::sd3())).empty());
   }
   // Decoder alone gives the same configuration.
   std::vector<WeightSpec> dec = vae_decoder_weight_specs(VaeConfig::sd3());
-  const std::string path = write_sparse_safetensors(dir + "/dec.safetensors", "", dec);
+  const std::string path = write_sparse(dir + "/dec.safetensors", "", dec);
   expect_config_eq(vae_config_from_weights(WeightStore::open({path})), VaeConfig::sd3());
 }
 
 TEST(VaeSchema, OtherLayoutsAreRefused) {
   const std::string dir = test::temp_dir();
   auto message_for = [&](const std::string& name, const std::vector<WeightSpec>& specs) {
-    const std::string path = write_sparse_safetensors(dir + "/" + name, "", specs);
+    const std::string path = write_sparse(dir + "/" + name, "", specs);
     try {
       vae_config_from_weights(WeightStore::open({path}));
     } catch (const Error& e) {
@@ -353,8 +296,8 @@ TEST(VaeSchema, ReducedConfigRoundTrips) {
   cfg.ch_mult = {1, 2, 2};
   cfg.num_res_blocks = 1;
   cfg.z_channels = 8;
-  const std::string path = write_sparse_safetensors(test::temp_dir() + "/reduced.safetensors",
-                                                    "first_stage_model.", vae_weight_specs(cfg));
+  const std::string path = write_sparse(test::temp_dir() + "/reduced.safetensors",
+                                        "first_stage_model.", vae_weight_specs(cfg));
   expect_config_eq(
       vae_config_from_weights(WeightStore::open({path}).with_prefix("first_stage_model.")), cfg);
 }

@@ -4,36 +4,25 @@
 #include "models/checkpoint.h"
 
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdio>
 #include <set>
 
+#include "common/files.h"
+#include "common/schema.h"
 #include "common/test_data.h"
+#include "common/tiny_models.h"
 #include "engine/error.h"
 #include "models/random_weights.h"
 
 namespace sd3::models {
 namespace {
 
-// -m/--model files only.
-ModelPaths positional(std::vector<std::string> files) {
-  ModelPaths p;
-  p.models = std::move(files);
-  return p;
-}
-
 using Entries = std::vector<SafetensorsWriter::Entry>;
 
-Entries entries_of(const std::vector<WeightSpec>& specs, const std::string& prefix,
-                   StDType dtype = StDType::F16) {
-  Entries out;
-  for (const auto& s : specs) out.push_back({prefix + s.key, dtype, s.shape});
-  return out;
-}
+using test::entries_of;
 
 Entries operator+(Entries a, const Entries& b) {
   a.insert(a.end(), b.begin(), b.end());
@@ -42,56 +31,14 @@ Entries operator+(Entries a, const Entries& b) {
 
 std::string sparse(const std::string& name, const Entries& entries,
                    const std::map<std::string, std::string>& metadata = {}) {
-  const std::string path = test::temp_dir() + "/" + name + ".safetensors";
-  write_sparse_safetensors(path, entries, metadata);
-  return path;
+  return test::write_sparse(test::temp_dir() + "/" + name + ".safetensors", entries, metadata);
 }
 
-// Reduced configurations of every architecture.
-MMDiTConfig tiny_mmdit(MMDiTConfig c, int64_t depth) {
-  c.depth = depth;
-  c.hidden_size = 64 * depth;
-  c.num_heads = depth;
-  c.pos_embed_max_size = 8;
-  c.adm_in_channels = 40;
-  c.context_in_features = 48;
-  std::vector<int64_t> kept;
-  for (int64_t l : c.x_block_self_attn_layers)
-    if (l < depth) kept.push_back(l);
-  c.x_block_self_attn_layers = kept;
-  return c;
-}
-
-VaeConfig tiny_vae() {
-  VaeConfig c = VaeConfig::sd3();
-  c.ch = 32;
-  c.ch_mult = {1, 2};
-  c.num_res_blocks = 1;
-  return c;
-}
-
-ClipConfig tiny_clip(bool g) {
-  ClipConfig c = g ? ClipConfig::clip_g() : ClipConfig::clip_l();
-  c.hidden_size = 128;
-  c.intermediate_size = 256;
-  c.num_heads = 2;
-  c.num_layers = 2;
-  c.vocab_size = 100;
-  c.has_text_projection = g;
-  c.projection_dim = 128;
-  return c;
-}
-
-T5Config tiny_t5() {
-  T5Config c = T5Config::xxl();
-  c.d_model = 64;
-  c.num_heads = 4;
-  c.d_kv = 16;
-  c.d_ff = 96;
-  c.num_layers = 2;
-  c.vocab_size = 100;
-  return c;
-}
+using test::positional;
+using test::tiny_clip;
+using test::tiny_mmdit;
+using test::tiny_t5;
+using test::tiny_vae;
 
 Component only(const CheckpointContents& c) {
   EXPECT_EQ(c.components.size(), 1u);
@@ -255,23 +202,6 @@ TEST(Checkpoint, BrokenComponentIsReportedNotThrown) {
   }
 }
 
-struct CommandResult {
-  int status = -1;
-  std::string out;
-};
-
-CommandResult run(const std::string& command) {
-  CommandResult r;
-  FILE* p = popen(command.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
-
 // sd3-inspect lists a file whose component cannot be loaded, then exits 1 with one line per
 // such component naming the first problem.
 TEST(Inspect, BrokenComponentExitsNonZero) {
@@ -279,16 +209,16 @@ TEST(Inspect, BrokenComponentExitsNonZero) {
   specs.pop_back();
   const std::string path = sparse("inspect_broken", entries_of(specs, "model.diffusion_model."));
   const std::string inspect = test::bin_dir() + "/sd3-inspect";
-  const CommandResult err = run(inspect + " '" + path + "' 2>&1 >/dev/null");
+  const test::CommandResult err = test::run_command(inspect + " '" + path + "' 2>&1 >/dev/null");
   EXPECT_EQ(err.status, 1) << err.out;
   EXPECT_EQ(err.out.rfind("sd3-inspect: error: sd35_large_mmdit at prefix", 0), 0u) << err.out;
   EXPECT_NE(err.out.find("missing tensor 'model.diffusion_model."), std::string::npos) << err.out;
   EXPECT_EQ(err.out.find('\n'), err.out.size() - 1) << err.out;
-  const CommandResult out = run(inspect + " --json '" + path + "' 2>/dev/null");
+  const test::CommandResult out = test::run_command(inspect + " --json '" + path + "' 2>/dev/null");
   EXPECT_NE(out.out.find("\"problems\":[\"missing tensor"), std::string::npos) << out.out;
-  EXPECT_EQ(run(inspect + " --help >/dev/null").status, 0);
-  EXPECT_EQ(run(inspect + " --bogus '" + path + "' 2>/dev/null").status, 2);
-  EXPECT_EQ(run(inspect + " 2>/dev/null").status, 2);
+  EXPECT_EQ(test::run_command(inspect + " --help >/dev/null").status, 0);
+  EXPECT_EQ(test::run_command(inspect + " --bogus '" + path + "' 2>/dev/null").status, 2);
+  EXPECT_EQ(test::run_command(inspect + " 2>/dev/null").status, 2);
 }
 
 // ---- ModelFiles ------------------------------------------------------------------------------

@@ -1,15 +1,12 @@
 // sd3-randckpt writes files that sd3-inspect recognises as the requested architecture and
 // size, byte-identical per seed, in the requested dtype.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
+#include "common/files.h"
 #include "common/test_data.h"
 #include "engine/safetensors.h"
 #include "models/random_weights.h"
@@ -17,41 +14,19 @@
 namespace sd3 {
 namespace {
 
-struct CommandResult {
-  int status = -1;
-  std::string out;
-};
-
-CommandResult run(const std::string& command) {
-  CommandResult r;
-  FILE* p = popen(command.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
-
-std::string read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 // Runs sd3-randckpt with `args` writing `path`; fails the test on a non-zero exit. One thread
 // by default: tiny files gain nothing from more, and a busy CI machine makes them cost.
 void randckpt(const std::string& args, const std::string& path, int threads = 1) {
-  const CommandResult r = run("OMP_NUM_THREADS=" + std::to_string(threads) + " " + test::bin_dir() +
-                              "/sd3-randckpt " + args + " -o '" + path + "' 2>&1");
+  const test::CommandResult r =
+      test::run_command("OMP_NUM_THREADS=" + std::to_string(threads) + " " + test::bin_dir() +
+                        "/sd3-randckpt " + args + " -o '" + path + "' 2>&1");
   ASSERT_EQ(r.status, 0) << "sd3-randckpt " << args << " (is it built?): " << r.out;
 }
 
 // sd3-inspect --json on one file: its JSON object.
 nlohmann::json inspect_json(const std::string& path) {
-  const CommandResult r = run(test::bin_dir() + "/sd3-inspect --json '" + path + "' 2>&1");
+  const test::CommandResult r =
+      test::run_command(test::bin_dir() + "/sd3-inspect --json '" + path + "' 2>&1");
   EXPECT_EQ(r.status, 0) << r.out;
   try {
     return nlohmann::json::parse(r.out);
@@ -178,10 +153,10 @@ TEST(Randckpt, DeterministicPerSeedAndDtypeHonoured) {
   randckpt(args + " --seed 5", dir + "/a.safetensors");
   randckpt(args + " --seed 5", dir + "/b.safetensors", 2);  // thread count does not matter
   randckpt(args + " --seed 6", dir + "/c.safetensors");
-  const std::string a = read_all(dir + "/a.safetensors");
+  const std::string a = test::read_file(dir + "/a.safetensors");
   EXPECT_FALSE(a.empty());
-  EXPECT_EQ(a, read_all(dir + "/b.safetensors"));
-  EXPECT_NE(a, read_all(dir + "/c.safetensors"));
+  EXPECT_EQ(a, test::read_file(dir + "/b.safetensors"));
+  EXPECT_NE(a, test::read_file(dir + "/c.safetensors"));
   for (const char* dt : {"f32", "f16", "bf16"}) {
     const std::string path = dir + "/dt_" + dt + ".safetensors";
     randckpt(args + " --dtype " + dt, path);
@@ -241,8 +216,8 @@ TEST(Randckpt, BadArgumentsGiveOneLineAndNoFile) {
       "t5xxl --layers x",
   };
   for (const char* args : bad) {
-    const CommandResult r =
-        run(test::bin_dir() + "/sd3-randckpt " + args + " -o '" + out + "' 2>&1 >/dev/null");
+    const test::CommandResult r = test::run_command(test::bin_dir() + "/sd3-randckpt " + args +
+                                                    " -o '" + out + "' 2>&1 >/dev/null");
     EXPECT_EQ(r.status, 1) << args << ": " << r.out;
     EXPECT_EQ(r.out.rfind("sd3-randckpt: error: ", 0), 0u) << args << ": " << r.out;
     EXPECT_EQ(r.out.find('\n'), r.out.size() - 1) << args << ": " << r.out;

@@ -2,15 +2,13 @@
 // clear sd3::Error naming the file (and the tensor, where one is at fault), and sd3-inspect on
 // it must exit non-zero with one line on stderr: never a crash, never a silent success.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
+#include "common/files.h"
 #include "common/test_data.h"
 #include "engine/error.h"
 #include "engine/safetensors.h"
@@ -27,10 +25,7 @@ std::string st_bytes(const std::string& header, const std::string& data) {
 }
 
 std::string write_bytes(const std::string& name, const std::string& bytes) {
-  const std::string path = test::temp_dir() + "/" + name;
-  std::ofstream f(path, std::ios::binary);
-  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  return path;
+  return test::write_file(test::temp_dir() + "/" + name, bytes);
 }
 
 // A valid file: "a" F32 [2, 3] (24 bytes) then "b.weight" F16 [4] (8 bytes), with metadata.
@@ -40,24 +35,6 @@ constexpr const char* kGoodHeader =
     R"("b.weight":{"dtype":"F16","shape":[4],"data_offsets":[24,32]}})";
 const std::string kGoodData(32, '\x01');
 
-struct CommandResult {
-  int status = -1;
-  std::string out;
-};
-
-// Runs a shell command, returning its exit status and what it printed.
-CommandResult run(const std::string& command) {
-  CommandResult r;
-  FILE* p = popen(command.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
-
 std::string inspect_bin() {
   return test::bin_dir() + "/sd3-inspect";
 }
@@ -65,7 +42,8 @@ std::string inspect_bin() {
 // sd3-inspect exits 1 and prints exactly one line, "sd3-inspect: error: ...", naming the file
 // (and nothing on stdout).
 void expect_inspect_rejects(const std::string& path, const std::string& must_contain = "") {
-  const CommandResult err = run(inspect_bin() + " '" + path + "' 2>&1 >/dev/null");
+  const test::CommandResult err =
+      test::run_command(inspect_bin() + " '" + path + "' 2>&1 >/dev/null");
   EXPECT_EQ(err.status, 1) << "sd3-inspect on " << path << " (is it built?): " << err.out;
   ASSERT_FALSE(err.out.empty()) << path;
   EXPECT_EQ(err.out.find('\n'), err.out.size() - 1) << "not one line: " << err.out;
@@ -74,7 +52,7 @@ void expect_inspect_rejects(const std::string& path, const std::string& must_con
   if (!must_contain.empty()) {
     EXPECT_NE(err.out.find(must_contain), std::string::npos) << err.out;
   }
-  const CommandResult out = run(inspect_bin() + " '" + path + "' 2>/dev/null");
+  const test::CommandResult out = test::run_command(inspect_bin() + " '" + path + "' 2>/dev/null");
   EXPECT_EQ(out.out, "") << "stdout on a bad file";
 }
 
@@ -117,7 +95,7 @@ TEST(SafetensorsRobustness, GoodFileOpensWithMetadata) {
   EXPECT_EQ(f->metadata().at("note"), "kept");
   EXPECT_EQ(f->find("a")->shape, (Shape{2, 3}));
   EXPECT_EQ(f->find("b.weight")->dtype, StDType::F16);
-  const CommandResult r = run(inspect_bin() + " '" + path + "' 2>&1");
+  const test::CommandResult r = test::run_command(inspect_bin() + " '" + path + "' 2>&1");
   EXPECT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("b.weight"), std::string::npos) << r.out;
 }
@@ -234,10 +212,7 @@ TEST(SafetensorsRobustness, EverySingleBitFlipOfTheHeader) {
       bytes[byte] = static_cast<char>(bytes[byte] ^ (1 << bit));
       // A fresh name each time: rewriting one file in place makes ext4 flush it on close.
       const std::string path = dir + "/flip_" + std::to_string(byte) + "_" + std::to_string(bit);
-      {
-        std::ofstream f(path, std::ios::binary);
-        f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      }
+      test::write_file(path, bytes);
       try {
         auto f = SafetensorsFile::open(path);
         for (const auto& t : f->tensors()) f->load(t, DType::F32);

@@ -5,23 +5,15 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
-#include <sstream>
 
+#include "common/files.h"
 #include "common/test_data.h"
 #include "engine/error.h"
 #include "engine/safetensors.h"
 
 namespace sd3 {
 namespace {
-
-std::string read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 // A tensor of `dtype` holding distinct values that every dtype represents exactly
 // (small integers, halves and signed zero, plus infinities for the float types).
@@ -114,7 +106,8 @@ TEST(SafetensorsWriter, StreamingWriterMatchesWholeFileWriter) {
   w.write("c", tensors[2].second);
   w.write("d", tensors[3].second);
   w.commit();
-  EXPECT_EQ(read_all(dir + "/stream.safetensors"), read_all(dir + "/whole.safetensors"));
+  EXPECT_EQ(test::read_file(dir + "/stream.safetensors"),
+            test::read_file(dir + "/whole.safetensors"));
 }
 
 TEST(SafetensorsWriter, StreamingWriterKeepsDeclaredOrderAndFp8) {
