@@ -8,6 +8,7 @@
 #include <set>
 
 #include "engine/error.h"
+#include "models/weight_keys.h"
 
 namespace sd3::models {
 
@@ -78,30 +79,6 @@ void derive(const std::string& guess, Component& c) {
     c.specs = t5_weight_specs(cfg);
     c.config = cfg;
   }
-}
-
-// Layer counts are read from the highest index in the key names (`layers.N.`, `block.N.`). A
-// real model has fewer layers than tensors, so an index at or beyond the number of tensors
-// under the prefix is a damaged or hostile header; refusing it here keeps the configuration
-// from asking for billions of layers. Returns the complaint, or "".
-std::string implausible_index(const std::vector<std::string>& keys, const std::string& prefix) {
-  size_t count = 0;
-  for (const std::string& k : keys) count += starts_with(k, prefix) ? 1 : 0;
-  for (const std::string& k : keys) {
-    if (!starts_with(k, prefix)) continue;
-    size_t start = prefix.size();
-    while (start <= k.size()) {
-      size_t dot = k.find('.', start);
-      if (dot == std::string::npos) dot = k.size();
-      const std::string seg = k.substr(start, dot - start);
-      if (!seg.empty() && seg.find_first_not_of("0123456789") == std::string::npos &&
-          (seg.size() > 9 || std::stoull(seg) >= count))
-        return str_cat("index ", seg, " in '", k, "' exceeds the ", count,
-                       " tensors under the prefix");
-      start = dot + 1;
-    }
-  }
-  return "";
 }
 
 // One line per spec tensor that is missing or has another shape.
@@ -308,13 +285,10 @@ CheckpointContents find_components(const WeightStore& store) {
     Component c;
     c.prefix = prefix;
     c.weights = out.store.with_prefix(prefix);
-    const std::string bad_index = implausible_index(keys, prefix);
-    if (!bad_index.empty()) {
-      out.unrecognised.push_back({guess, prefix, bad_index});
-      owners.push_back({prefix, -1});
-      continue;
-    }
     try {
+      // Any implausible index (Note [Layer counts from key names]) marks the candidate
+      // unreadable, even where its derivation would not read that index.
+      check_key_indices(c.weights);
       derive(guess, c);
     } catch (const Error& e) {
       out.unrecognised.push_back({guess, prefix, e.what()});

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "engine/error.h"
+#include "models/weight_keys.h"
 
 namespace sd3::models {
 
@@ -17,23 +18,7 @@ const char kTextProjection[] = "text_projection.weight";
 const char kLayerPrefix[] = "text_model.encoder.layers.";
 
 std::string layer_key(int64_t i, const std::string& rest) {
-  return kLayerPrefix + std::to_string(i) + "." + rest;
-}
-
-// Number of encoder layers: one past the highest index under text_model.encoder.layers.
-// (a missing layer in the middle then surfaces as a missing tensor when loading).
-int64_t count_layers(const WeightStore& w) {
-  const std::string prefix = kLayerPrefix;
-  int64_t n = 0;
-  for (const std::string& k : w.keys()) {
-    if (k.compare(0, prefix.size(), prefix) != 0) continue;
-    const size_t dot = k.find('.', prefix.size());
-    if (dot == std::string::npos || dot == prefix.size()) continue;
-    const std::string index = k.substr(prefix.size(), dot - prefix.size());
-    if (index.find_first_not_of("0123456789") != std::string::npos) continue;
-    n = std::max<int64_t>(n, std::stoll(index) + 1);
-  }
-  return n;
+  return indexed_key(kLayerPrefix, i, rest);
 }
 
 // The `__metadata__` value of `name` in the file holding `key`, or "".
@@ -47,12 +32,7 @@ std::string metadata_of(const WeightStore& w, const std::string& key, const std:
 }
 
 Shape shape_of(const WeightStore& w, const std::string& key, size_t rank) {
-  std::optional<Shape> s = w.shape(key);
-  SD3_CHECK(s.has_value(), "not a CLIP text model: missing tensor '", w.prefix() + key, "' in ",
-            w.describe());
-  SD3_CHECK(s->size() == rank, "tensor '", w.prefix() + key, "' in ", w.describe(), " has shape ",
-            shape_str(*s), ", expected ", rank, " dimensions");
-  return *s;
+  return required_shape(w, key, rank, "not a CLIP text model");
 }
 
 }  // namespace
@@ -89,7 +69,7 @@ ClipConfig clip_config_from_weights(const WeightStore& w) {
   const Shape tok = shape_of(w, kTokenEmbedding, 2);  // [V, C]
   const Shape pos = shape_of(w, kPositionEmbedding, 2);
   const int64_t hidden = tok[1];
-  const int64_t layers = count_layers(w);
+  const int64_t layers = count_layers(w, kLayerPrefix);  // Note [Layer counts from key names]
   SD3_CHECK(layers > 0, "not a CLIP text model: no '", w.prefix(), kLayerPrefix, "N.*' tensors in ",
             w.describe());
   const Shape fc1 = shape_of(w, layer_key(0, "mlp.fc1.weight"), 2);  // [I, C]

@@ -8,6 +8,7 @@
 
 #include "engine/error.h"
 #include "engine/ops.h"
+#include "models/weight_keys.h"
 
 namespace sd3::models {
 
@@ -20,31 +21,11 @@ const char kBlockPrefix[] = "encoder.block.";
 const char kRelativeAttentionBias[] = "layer.0.SelfAttention.relative_attention_bias.weight";
 
 std::string block_key(int64_t i, const std::string& rest) {
-  return kBlockPrefix + std::to_string(i) + "." + rest;
-}
-
-// One past the highest N of encoder.block.N.* (a gap then shows up as a missing tensor).
-int64_t count_blocks(const WeightStore& w) {
-  const std::string prefix = kBlockPrefix;
-  int64_t n = 0;
-  for (const std::string& k : w.keys()) {
-    if (k.compare(0, prefix.size(), prefix) != 0) continue;
-    const size_t dot = k.find('.', prefix.size());
-    if (dot == std::string::npos || dot == prefix.size()) continue;
-    const std::string index = k.substr(prefix.size(), dot - prefix.size());
-    if (index.find_first_not_of("0123456789") != std::string::npos) continue;
-    n = std::max<int64_t>(n, std::stoll(index) + 1);
-  }
-  return n;
+  return indexed_key(kBlockPrefix, i, rest);
 }
 
 Shape shape_of(const WeightStore& w, const std::string& key, size_t rank) {
-  std::optional<Shape> s = w.shape(key);
-  SD3_CHECK(s.has_value(), "not a T5 encoder: missing tensor '", w.prefix() + key, "' in ",
-            w.describe());
-  SD3_CHECK(s->size() == rank, "tensor '", w.prefix() + key, "' in ", w.describe(), " has shape ",
-            shape_str(*s), ", expected ", rank, " dimensions");
-  return *s;
+  return required_shape(w, key, rank, "not a T5 encoder");
 }
 
 }  // namespace
@@ -63,7 +44,7 @@ T5Config t5_config_from_weights(const WeightStore& w) {
   c.vocab_size = embed[0];
   c.d_model = embed[1];
 
-  c.num_layers = count_blocks(w);
+  c.num_layers = count_layers(w, kBlockPrefix);  // Note [Layer counts from key names]
   SD3_CHECK(c.num_layers > 0, "not a T5 encoder: no '", w.prefix(), kBlockPrefix,
             "N.*' tensors in ", w.describe());
   const Shape rel = shape_of(w, block_key(0, kRelativeAttentionBias), 2);  // [buckets, heads]

@@ -6,6 +6,7 @@
 
 #include "engine/error.h"
 #include "engine/ops.h"
+#include "models/weight_keys.h"
 
 namespace sd3::models {
 
@@ -158,33 +159,32 @@ bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
 
-// Number of consecutive module indices N present as `<prefix>N.` among the keys (0 if none).
-int64_t count_indices(const std::vector<std::string>& keys, const std::string& prefix) {
-  int64_t max_index = -1;
-  for (const std::string& k : keys) {
-    if (!starts_with(k, prefix)) continue;
-    size_t end = prefix.size();
-    while (end < k.size() && k[end] >= '0' && k[end] <= '9') ++end;
-    if (end == prefix.size() || end - prefix.size() > 6 || end >= k.size() || k[end] != '.')
-      continue;
-    max_index =
-        std::max<int64_t>(max_index, std::stoll(k.substr(prefix.size(), end - prefix.size())));
-  }
-  return max_index + 1;
-}
-
 Shape shape_of(const WeightStore& w, const std::string& key, size_t rank) {
-  auto s = w.shape(key);
-  SD3_CHECK(s.has_value(), "SD3 VAE: missing tensor '", w.prefix(), key, "' in ", w.describe());
-  SD3_CHECK(s->size() == rank, "SD3 VAE: tensor '", w.prefix(), key, "' has shape ", shape_str(*s),
-            ", expected rank ", rank, " in ", w.describe());
-  return *s;
+  return required_shape(w, key, rank, "SD3 VAE");
 }
 
-void check_levels(const WeightStore& w, int64_t levels, const char* what) {
+// The number of levels `<what>.N` (Note [Layer counts from key names]): 1 to 16.
+int64_t count_levels(const WeightStore& w, const std::string& what) {
+  const int64_t levels = count_layers(w, what + ".");
   SD3_CHECK(levels > 0, "SD3 VAE in ", w.describe(), ": no '", what, ".N' levels");
   SD3_CHECK(levels <= 16, "SD3 VAE in ", w.describe(), ": ", levels, " '", what,
             ".N' levels is not plausible");
+  return levels;
+}
+
+// ch_mult from the first ResNet block of each level: `<what>.N.block.0.conv1.weight` has
+// ch * ch_mult[N] output channels.
+std::vector<int64_t> level_multipliers(const WeightStore& w, const std::string& what,
+                                       int64_t levels, int64_t ch) {
+  std::vector<int64_t> mult;
+  for (int64_t i = 0; i < levels; ++i) {
+    const std::string key = indexed_key(what + ".", i, "block.0.conv1.weight");
+    const int64_t c = shape_of(w, key, 4)[0];
+    SD3_CHECK(c % ch == 0, "SD3 VAE: '", w.prefix(), key, "' has ", c,
+              " output channels, not a multiple of the base width ", ch);
+    mult.push_back(c / ch);
+  }
+  return mult;
 }
 
 void refuse_other_layouts(const WeightStore& w, const std::vector<std::string>& keys) {
@@ -214,22 +214,14 @@ VaeConfig vae_config_from_weights(const WeightStore& w) {
             ": neither 'encoder.conv_in.weight' nor 'decoder.conv_in.weight' exists");
 
   VaeConfig cfg;
-  cfg.ch_mult.clear();
   if (enc) {
     const Shape conv_in = shape_of(w, "encoder.conv_in.weight", 4);
     cfg.ch = conv_in[0];
     cfg.in_channels = conv_in[1];
     SD3_CHECK(cfg.ch > 0, "SD3 VAE: 'encoder.conv_in.weight' has no output channels");
-    const int64_t levels = count_indices(keys, "encoder.down.");
-    check_levels(w, levels, "encoder.down");
-    cfg.num_res_blocks = count_indices(keys, "encoder.down.0.block.");
-    for (int64_t i = 0; i < levels; ++i) {
-      const std::string key = "encoder.down." + std::to_string(i) + ".block.0.conv1.weight";
-      const int64_t c = shape_of(w, key, 4)[0];
-      SD3_CHECK(c % cfg.ch == 0, "SD3 VAE: '", w.prefix(), key, "' has ", c,
-                " output channels, not a multiple of the base width ", cfg.ch);
-      cfg.ch_mult.push_back(c / cfg.ch);
-    }
+    const int64_t levels = count_levels(w, "encoder.down");
+    cfg.num_res_blocks = count_layers(w, "encoder.down.0.block.");
+    cfg.ch_mult = level_multipliers(w, "encoder.down", levels, cfg.ch);
     const int64_t moments = shape_of(w, "encoder.conv_out.weight", 4)[0];
     SD3_CHECK(moments % 2 == 0, "SD3 VAE: 'encoder.conv_out.weight' has ", moments,
               " output channels, expected 2 x latent channels");
@@ -237,18 +229,11 @@ VaeConfig vae_config_from_weights(const WeightStore& w) {
     cfg.out_channels = dec ? shape_of(w, "decoder.conv_out.weight", 4)[0] : cfg.in_channels;
   } else {
     // Decoder only: its widths give ch*ch_mult[i]; the reference's ch_mult starts at 1.
-    const int64_t levels = count_indices(keys, "decoder.up.");
-    check_levels(w, levels, "decoder.up");
-    cfg.num_res_blocks = count_indices(keys, "decoder.up.0.block.") - 1;
+    const int64_t levels = count_levels(w, "decoder.up");
+    cfg.num_res_blocks = count_layers(w, "decoder.up.0.block.") - 1;
     cfg.ch = shape_of(w, "decoder.up.0.block.0.conv1.weight", 4)[0];
     SD3_CHECK(cfg.ch > 0, "SD3 VAE: 'decoder.up.0.block.0.conv1.weight' has no output channels");
-    for (int64_t i = 0; i < levels; ++i) {
-      const std::string key = "decoder.up." + std::to_string(i) + ".block.0.conv1.weight";
-      const int64_t c = shape_of(w, key, 4)[0];
-      SD3_CHECK(c % cfg.ch == 0, "SD3 VAE: '", w.prefix(), key, "' has ", c,
-                " output channels, not a multiple of the base width ", cfg.ch);
-      cfg.ch_mult.push_back(c / cfg.ch);
-    }
+    cfg.ch_mult = level_multipliers(w, "decoder.up", levels, cfg.ch);
     cfg.z_channels = shape_of(w, "decoder.conv_in.weight", 4)[1];
     cfg.out_channels = shape_of(w, "decoder.conv_out.weight", 4)[0];
     cfg.in_channels = cfg.out_channels;
