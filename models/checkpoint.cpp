@@ -114,43 +114,50 @@ std::vector<std::string> prefix_ancestors(const std::string& prefix) {
 
 }  // namespace
 
-const char* component_kind_name(ComponentKind kind) {
-  switch (kind) {
-    case ComponentKind::MMDiT: return "mmdit";
-    case ComponentKind::Vae: return "vae";
-    case ComponentKind::ClipL: return "clip_l";
-    case ComponentKind::ClipG: return "clip_g";
-    case ComponentKind::T5: return "t5xxl";
-  }
-  return "?";
-}
-
-const char* component_flag(ComponentKind kind) {
-  switch (kind) {
-    case ComponentKind::MMDiT: return "-m/--model";
-    case ComponentKind::Vae: return "--vae";
-    case ComponentKind::ClipL: return "--clip-l";
-    case ComponentKind::ClipG: return "--clip-g";
-    case ComponentKind::T5: return "--t5xxl";
-  }
-  return "?";
-}
-
 namespace {
 
-// "CLIP-L text encoder" etc. for messages.
+// What each kind is called, in ComponentKind order.
+struct KindNames {
+  const char* name;   // "clip_l": sd3-inspect, sd3-randckpt
+  const char* flag;   // the runner flag that supplies it on its own file
+  const char* title;  // "CLIP-L text encoder", for messages
+};
+constexpr KindNames kKindNames[] = {
+    {"mmdit", "-m/--model", "diffusion model (MMDiT)"},
+    {"vae", "--vae", "VAE"},
+    {"clip_l", "--clip-l", "CLIP-L text encoder"},
+    {"clip_g", "--clip-g", "CLIP-G text encoder"},
+    {"t5xxl", "--t5xxl", "T5-XXL text encoder"},
+};
+static_assert(std::size(kKindNames) == std::size(kAllComponentKinds), "a kind without names");
+
+const KindNames& names_of(ComponentKind kind) {
+  static constexpr KindNames kUnknown = {"?", "?", "?"};
+  const size_t i = static_cast<size_t>(kind);
+  return i < std::size(kKindNames) ? kKindNames[i] : kUnknown;
+}
+
 const char* component_title(ComponentKind kind) {
-  switch (kind) {
-    case ComponentKind::MMDiT: return "diffusion model (MMDiT)";
-    case ComponentKind::Vae: return "VAE";
-    case ComponentKind::ClipL: return "CLIP-L text encoder";
-    case ComponentKind::ClipG: return "CLIP-G text encoder";
-    case ComponentKind::T5: return "T5-XXL text encoder";
-  }
-  return "?";
+  return names_of(kind).title;
+}
+
+// The component's configuration as a `Config`, or an error saying it is not `what`.
+template <class Config>
+const Config& config_as(const Component& c, const char* what) {
+  const auto* config = std::get_if<Config>(&c.config);
+  SD3_CHECK(config != nullptr, c.describe(), " is not ", what);
+  return *config;
 }
 
 }  // namespace
+
+const char* component_kind_name(ComponentKind kind) {
+  return names_of(kind).name;
+}
+
+const char* component_flag(ComponentKind kind) {
+  return names_of(kind).flag;
+}
 
 namespace {
 
@@ -223,27 +230,19 @@ nlohmann::json config_to_json(const ComponentConfig& config) {
 }
 
 const MMDiTConfig& Component::mmdit() const {
-  const auto* c = std::get_if<MMDiTConfig>(&config);
-  SD3_CHECK(c != nullptr, describe(), " is not an MMDiT");
-  return *c;
+  return config_as<MMDiTConfig>(*this, "an MMDiT");
 }
 
 const VaeConfig& Component::vae() const {
-  const auto* c = std::get_if<VaeConfig>(&config);
-  SD3_CHECK(c != nullptr, describe(), " is not a VAE");
-  return *c;
+  return config_as<VaeConfig>(*this, "a VAE");
 }
 
 const ClipConfig& Component::clip() const {
-  const auto* c = std::get_if<ClipConfig>(&config);
-  SD3_CHECK(c != nullptr, describe(), " is not a CLIP text encoder");
-  return *c;
+  return config_as<ClipConfig>(*this, "a CLIP text encoder");
 }
 
 const T5Config& Component::t5() const {
-  const auto* c = std::get_if<T5Config>(&config);
-  SD3_CHECK(c != nullptr, describe(), " is not a T5 encoder");
-  return *c;
+  return config_as<T5Config>(*this, "a T5 encoder");
 }
 
 std::string Component::describe() const {
