@@ -86,7 +86,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
   const int64_t tasks = nb * heads * tiles;
   const int nthreads = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), tasks));
   const int64_t per_thread = tq * kb + 3 * tq;  // scores, then running max, sum, rescale
-  std::vector<float> scratch(static_cast<size_t>(nthreads * per_thread));
+  float* scratch =
+      detail::team_scratch(detail::ScratchSlot::Scores, nthreads, static_cast<size_t>(per_thread));
   detail::BlasSingleThread guard;
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
@@ -94,7 +95,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
     const int64_t tile = task % tiles, h = (task / tiles) % heads, b = task / (tiles * heads);
     const int64_t i0 = tile * tq, i1 = std::min(lq, i0 + tq), rows = i1 - i0;
     const int64_t kn = opt.causal ? std::min(lk, i1) : lk;  // keys any row of the tile sees
-    float* s = scratch.data() + static_cast<size_t>(omp_get_thread_num()) * per_thread;
+    float* s = scratch + static_cast<size_t>(omp_get_thread_num()) * per_thread;
     float* mx = s + tq * kb;  // running max of each row's scores
     float* sum = mx + tq;     // running sum of exp(score - max)
     float* rescale = sum + tq;

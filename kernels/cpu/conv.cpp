@@ -67,7 +67,8 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
     } else {
       // Note [CPU conv2d]
       const int64_t band = std::clamp<int64_t>(kColFloats / (kdim * wo), 1, ho);
-      std::vector<float> col(static_cast<size_t>(kdim * band * wo));
+      float* col = detail::team_scratch(detail::ScratchSlot::Columns, 1,
+                                        static_cast<size_t>(kdim * band * wo));
       for (int64_t b = 0; b < nb; ++b) {
         const float* xb = xp + b * cin * h * wd;
         for (int64_t r0 = 0; r0 < ho; r0 += band) {
@@ -80,7 +81,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
             const int64_t ox0 = std::min(wo, std::max<int64_t>(0, (pl - kx + s - 1) / s));
             const int64_t ox1 = std::max(ox0, std::min(wo, (wd + pl - kx + s - 1) / s));
             for (int64_t r = 0; r < nr; ++r) {
-              float* dst = col.data() + kidx * ncols + r * wo;
+              float* dst = col + kidx * ncols + r * wo;
               const int64_t iy = (r0 + r) * s - pt + ky;
               if (iy < 0 || iy >= h) {
                 std::fill_n(dst, wo, 0.0f);
@@ -96,7 +97,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2d
               std::fill(dst + ox1, dst + wo, 0.0f);
             }
           }
-          detail::sgemm(false, false, cout, ncols, kdim, 1.0f, wp, kdim, col.data(), ncols, 0.0f,
+          detail::sgemm(false, false, cout, ncols, kdim, 1.0f, wp, kdim, col, ncols, 0.0f,
                         y + b * cout * plane + r0 * wo, plane);
         }
       }

@@ -4,6 +4,8 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <memory>
+#include <new>
 
 #include "kernels/cpu/vec.h"
 
@@ -251,9 +253,12 @@ std::pair<int64_t, int64_t> split_range(int64_t n, int parts, int index, int64_t
   return {begin, end};
 }
 
-int band_count(int64_t extent, int nt) {
+int band_count(int64_t extent, int64_t other, int nt) {
   if (nt <= 1) return 1;
-  const int64_t width = std::max<int64_t>(64, (extent + 4 * nt - 1) / (4 * nt));
+  // Every band repacks the shared operand (other x K), so large products get 2 bands per
+  // thread, small ones (memory-bound, e.g. M = 2) 4.
+  const int per_thread = other > 64 ? 2 : 4;
+  const int64_t width = std::max<int64_t>(64, (extent + per_thread * nt - 1) / (per_thread * nt));
   return static_cast<int>(std::max<int64_t>(1, (extent + width - 1) / width));
 }
 
@@ -275,7 +280,7 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
   if (nt <= 1) return sgemm_serial(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   const bool by_columns = n >= m;
   const int64_t extent = by_columns ? n : m;
-  const int bands = band_count(extent, nt);
+  const int bands = band_count(extent, by_columns ? m : n, nt);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int band = 0; band < bands; ++band) {
     const auto [p0, p1] = split_range(extent, bands, band, 16);
@@ -372,6 +377,29 @@ void RowWalker::next() {
   }
 }
 
+// ---- scratch ------------------------------------------------------------------------------
+
+float* team_scratch(ScratchSlot slot, int threads, size_t floats) {
+  struct Buffer {
+    std::unique_ptr<float[]> data;
+    size_t capacity = 0;
+  };
+  // Note [CPU scratch]: per calling thread, so concurrent callers never share.
+  thread_local Buffer buffers[static_cast<int>(ScratchSlot::kCount)];
+  Buffer& b = buffers[static_cast<int>(slot)];
+  const size_t need = static_cast<size_t>(std::max(threads, 1)) * std::max<size_t>(floats, 1);
+  if (b.capacity < need) {
+    b.data.reset();
+    b.capacity = 0;
+    float* p = new (std::nothrow) float[need];
+    SD3_CHECK(p != nullptr, "out of host memory allocating ", need * sizeof(float),
+              " bytes of CPU kernel scratch");
+    b.data.reset(p);
+    b.capacity = need;
+  }
+  return b.data.get();
+}
+
 // ---- copies -------------------------------------------------------------------------------
 
 namespace {
@@ -418,13 +446,16 @@ void copy_strided(const Tensor& src, const Tensor& dst) {
   const int nthreads = parallel ? omp_get_max_threads() : 1;
   // Staging for conversions between strided rows: one chunk in each dtype per thread.
   const bool staged = sd != dd;
-  std::vector<char> stage(staged ? static_cast<size_t>(nthreads) * chunk * (ses + des) : 0);
+  // Floats enough for one chunk in each dtype (element sizes are at most 8 bytes).
+  char* stage = staged ? reinterpret_cast<char*>(team_scratch(ScratchSlot::Rows, nthreads,
+                                                              static_cast<size_t>(chunk) * 4))
+                       : nullptr;
 
 #pragma omp parallel num_threads(nthreads) if (parallel)
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t t0 = tasks * tid / nt, t1 = tasks * (tid + 1) / nt;
-    char* sbuf = staged ? stage.data() + static_cast<size_t>(tid) * chunk * (ses + des) : nullptr;
+    char* sbuf = staged ? stage + static_cast<size_t>(tid) * chunk * 16 : nullptr;
     char* dbuf = staged ? sbuf + chunk * ses : nullptr;
     RowWalker walk(plan, t0 / plan.chunks_per_row);
     for (int64_t task = t0; task < t1; ++task) {

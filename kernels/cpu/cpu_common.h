@@ -74,6 +74,20 @@ class OutF32 {
   float* ptr_ = nullptr;
 };
 
+// ---- scratch ------------------------------------------------------------------------------
+
+// Note [CPU scratch]
+// Temporaries (im2col bands, converted weight blocks, attention score blocks, staging rows)
+// are reused across calls instead of allocated per call: a fresh multi-megabyte buffer costs
+// page faults and zero-filling on every op (an 8 MiB weight block per linear call showed as
+// several milliseconds of kernel time).
+enum class ScratchSlot { Rows, Weights, Scores, Columns, kCount };
+// `threads` uninitialised buffers of `floats` f32 each, one allocation owned by the calling
+// thread (grow-only, kept across calls): thread t of the team uses result + t * floats.
+// Valid until the calling thread asks for the same slot again; call it outside parallel
+// regions (it may throw when memory runs out).
+float* team_scratch(ScratchSlot slot, int threads, size_t floats);
+
 // ---- copies -------------------------------------------------------------------------------
 
 // Copies src into dst (same shape, any dtypes, any strides; dst may be a view of a larger
@@ -110,10 +124,11 @@ int gemm_threads(int64_t m, int64_t n, int64_t k);
 // [begin, end) of part `index` when [0, n) is cut into `parts` pieces whose boundaries are
 // multiples of `align` (the last piece takes the remainder; trailing pieces may be empty).
 std::pair<int64_t, int64_t> split_range(int64_t n, int parts, int index, int64_t align);
-// How many bands to cut an extent into for nt threads: about 4 per thread (at least 64 wide),
-// handed out dynamically, so a thread delayed by the OS (or a slower band) does not leave the
-// others waiting at the end of the region.
-int band_count(int64_t extent, int nt);
+// How many bands to cut an extent (of C's columns, or rows) into for nt threads, handed out
+// dynamically so that a thread delayed by the OS does not leave the others waiting at the end
+// of the region: 2 per thread, or 4 when the other extent is at most 64 (sgemm repacks the
+// shared operand for every band, which only small products can afford).
+int band_count(int64_t extent, int64_t other, int nt);
 
 // Row-major C = alpha op(A) op(B) + beta C (op = transpose when the flag is set), on the
 // calling thread. The caller holds a BlasSingleThread.
@@ -203,7 +218,8 @@ Tensor map_f32(const Shape& out_shape, DType out_dtype, const std::vector<const 
   const int64_t chunk = std::min(plan.inner, kMapChunk);
   const bool parallel = total >= kParallelGrain && tasks > 1;
   const int nthreads = parallel ? omp_get_max_threads() : 1;
-  std::vector<float> buffers(static_cast<size_t>(nthreads) * (nin + 1) * chunk);
+  float* buffers =
+      team_scratch(ScratchSlot::Rows, nthreads, static_cast<size_t>((nin + 1) * chunk));
   char* out_base = static_cast<char*>(out.raw_data());
   const int64_t out_esize = static_cast<int64_t>(dtype_size(out_dtype));
 
@@ -211,7 +227,7 @@ Tensor map_f32(const Shape& out_shape, DType out_dtype, const std::vector<const 
   {
     const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t t0 = tasks * tid / nt, t1 = tasks * (tid + 1) / nt;
-    float* buf = buffers.data() + static_cast<size_t>(tid) * (nin + 1) * chunk;
+    float* buf = buffers + static_cast<size_t>(tid) * (nin + 1) * chunk;
     const float* in_ptrs[kMaxMapInputs];
     RowWalker walk(plan, t0 / plan.chunks_per_row);
     for (int64_t task = t0; task < t1; ++task) {

@@ -1,9 +1,11 @@
 // Matrix products on OpenBLAS sgemm: linear (x W^T + bias, activation) and batched matmul.
 //
 // Note [Weights of another dtype in linear]
-// f16/bf16 weights are converted to f32 in blocks of output rows, each block small enough to
-// stay in the last-level cache while sgemm reads it (about 8 MiB), so converting a weight
-// per use costs one pass over it and never a full f32 copy in memory.
+// f16/bf16 weights are converted to f32 per use, by each thread for the band of output
+// columns it computes, so a weight is converted once per call and never held in f32 as a
+// whole. Every sgemm call repacks x (M x K), so for large M a band's rows are converted in
+// one block (one sgemm per band, as with f32 weights: smaller blocks cost 8% at M = 2356);
+// for small M (memory-bound, x is tiny) blocks of about 8 MiB over all threads stay in cache.
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/cpu_ops.h"
 
@@ -83,15 +85,20 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation a
   // few columns) dynamically, multiply each with single-threaded sgemm and finish it with the
   // epilogue while it is recent in cache.
   const bool by_columns = n >= 16 * nt || !wl.direct;
+  const int bands = detail::band_count(by_columns ? n : m, by_columns ? m : n, nt);
   // Note [Weights of another dtype in linear]: each thread converts its own blocks of rows.
-  const int64_t block_rows =
-      wl.direct ? 0 : std::max<int64_t>(16, kWeightBlockFloats / nt / k / 16 * 16);
-  std::vector<float> blocks(static_cast<size_t>(nt * block_rows * k));
+  int64_t block_rows = 0;
+  if (!wl.direct) {
+    block_rows = m > 64 ? (n + bands - 1) / bands + 16  // a whole band: one sgemm per band
+                        : std::max<int64_t>(16, kWeightBlockFloats / nt / k / 16 * 16);
+  }
+  float* blocks = wl.direct ? nullptr
+                            : detail::team_scratch(detail::ScratchSlot::Weights, nt,
+                                                   static_cast<size_t>(block_rows * k));
   const char* wbase = static_cast<const char*>(w.raw_data());
   const int64_t wes = static_cast<int64_t>(dtype_size(w.dtype()));
   detail::BlasSingleThread guard;
 
-  const int bands = detail::band_count(by_columns ? n : m, nt);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int band = 0; band < bands; ++band) {
     if (!by_columns) {
@@ -107,9 +114,12 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias, Activation a
       detail::sgemm_serial(false, wl.trans, m, j1 - j0, k, 1.0f, a.data, a.ld, wp, wl.ld, 0.0f,
                            y + j0, n);
     } else {
-      float* buf = blocks.data() + static_cast<size_t>(omp_get_thread_num()) * block_rows * k;
-      for (int64_t jb = j0; jb < j1; jb += block_rows) {
-        const int64_t nb = std::min(block_rows, j1 - jb);
+      float* buf = blocks + static_cast<size_t>(omp_get_thread_num()) * block_rows * k;
+      // Blocks of equal size (at most block_rows) so no sgemm call gets a thin remainder.
+      const int64_t nblocks = (j1 - j0 + block_rows - 1) / block_rows;
+      const int64_t step = nblocks ? (j1 - j0 + nblocks - 1) / nblocks : 0;
+      for (int64_t jb = j0; jb < j1; jb += step) {
+        const int64_t nb = std::min(step, j1 - jb);
         for (int64_t r = 0; r < nb; ++r)
           detail::to_f32_strided(wbase + (jb + r) * w.stride(0) * wes, w.dtype(), w.stride(1),
                                  buf + r * k, k);
