@@ -111,8 +111,9 @@ TEST(Linear, NonContiguousInputsAndWeights) {
 }
 
 TEST(Linear, HalfWeightsConvertedInSeveralBlocks) {
-  // K = 16384 makes the weight blocks 128 rows: 300 rows take three blocks (Note [Weights of
-  // another dtype in linear]).
+  // Small M and K = 16384 make the weight blocks 128 rows on one thread: its single band of
+  // 300 rows takes three blocks; on two threads, 5 bands of 64 rows (Note [Weights of another
+  // dtype in linear]).
   Rng rng;
   SCOPED_TRACE("seed " + std::to_string(rng.seed()));
   Tensor x = randn(rng, {3, 16384});
