@@ -360,15 +360,24 @@ TEST(SamplerConvergence, OrdersOnSd3Schedule) {
 
 // ---- guidance -----------------------------------------------------------------------------
 
-// One batched forward of batch 2 per step ([cond; uncond], timesteps 1000*sigma), and the
-// guided prediction uncond + (cond - uncond) * cfg with each half x - v*sigma.
-TEST(SamplerGuidance, BatchedCfgFormula) {
+// The guidance tests drive two analytic flows (context tag 0: conditional, 1: unconditional),
+// record every model call, and start from the same latent.
+class SamplerGuidance : public ::testing::Test {
+ protected:
+  SamplerGuidance() {
+    m.flows = {GaussianFlow::make(n, 5), GaussianFlow::make(n, 6, 0.5)};
+    m.calls = &calls;
+  }
+
   const int64_t n = kChannels * kSide * kSide;
   AnalyticModel m;
-  m.flows = {GaussianFlow::make(n, 5), GaussianFlow::make(n, 6, 0.5)};
   std::vector<Call> calls;
-  m.calls = &calls;
   Tensor x0 = torch_randn(3, {1, kChannels, kSide, kSide});
+};
+
+// One batched forward of batch 2 per step ([cond; uncond], timesteps 1000*sigma), and the
+// guided prediction uncond + (cond - uncond) * cfg with each half x - v*sigma.
+TEST_F(SamplerGuidance, BatchedCfgFormula) {
   std::vector<float> sigmas = FlowSchedule{3.0f}.sigmas(5);
   SamplerOptions opt;
   opt.sampler = SamplerKind::DpmPP2M;
@@ -400,14 +409,8 @@ TEST(SamplerGuidance, BatchedCfgFormula) {
 
 // cfg 1 skips the unconditional half (batch 1) unless asked not to; contexts of different
 // lengths take two forwards; a batch-2 latent repeats batch-1 conditioning.
-TEST(SamplerGuidance, BatchShapes) {
-  const int64_t n = kChannels * kSide * kSide;
-  AnalyticModel m;
-  m.flows = {GaussianFlow::make(n, 5), GaussianFlow::make(n, 6, 0.5)};
-  std::vector<Call> calls;
-  m.calls = &calls;
+TEST_F(SamplerGuidance, BatchShapes) {
   DiffusionModel model = m.fn();
-  Tensor x0 = torch_randn(3, {1, kChannels, kSide, kSide});
   std::vector<float> sigmas = FlowSchedule{3.0f}.sigmas(3);
   SamplerOptions opt;
   opt.cfg_scale = 1.0f;
@@ -442,15 +445,9 @@ TEST(SamplerGuidance, BatchShapes) {
 
 // Skip-layer guidance: with 50 steps, start 0.01 and end 0.2 the extra conditional forward
 // (batch 1, skip_layers) runs on model calls 1..9 and adds (cond - cond_skip) * scale.
-TEST(SamplerGuidance, SkipLayerWindow) {
-  const int64_t n = kChannels * kSide * kSide;
-  AnalyticModel m;
-  m.flows = {GaussianFlow::make(n, 5), GaussianFlow::make(n, 6, 0.5)};
+TEST_F(SamplerGuidance, SkipLayerWindow) {
   m.skip_bias = 0.25;
-  std::vector<Call> calls;
-  m.calls = &calls;
   DiffusionModel model = m.fn();
-  Tensor x0 = torch_randn(3, {1, kChannels, kSide, kSide});
   const int steps = 50;
   std::vector<float> sigmas = FlowSchedule{3.0f}.sigmas(steps);
   SamplerOptions opt;
@@ -491,14 +488,8 @@ TEST(SamplerGuidance, SkipLayerWindow) {
   EXPECT_EQ(skips, 9);
 }
 
-TEST(SamplerGuidance, ProgressAndCancellation) {
-  const int64_t n = kChannels * kSide * kSide;
-  AnalyticModel m;
-  m.flows = {GaussianFlow::make(n, 5), GaussianFlow::make(n, 6, 0.5)};
-  std::vector<Call> calls;
-  m.calls = &calls;
+TEST_F(SamplerGuidance, ProgressAndCancellation) {
   DiffusionModel model = m.fn();
-  Tensor x0 = torch_randn(3, {1, kChannels, kSide, kSide});
   std::vector<float> sigmas = FlowSchedule{3.0f}.sigmas(6);
   SamplerOptions opt;
   std::vector<int> seen;
@@ -525,29 +516,19 @@ TEST(SamplerGuidance, ProgressAndCancellation) {
 }
 
 // Heun evaluates twice per step except on the last (Euler) step to sigma 0.
-TEST(SamplerGuidance, HeunCallCount) {
-  const int64_t n = kChannels * kSide * kSide;
-  AnalyticModel m;
-  m.flows = {GaussianFlow::make(n, 5), GaussianFlow::make(n, 6, 0.5)};
-  std::vector<Call> calls;
-  m.calls = &calls;
+TEST_F(SamplerGuidance, HeunCallCount) {
   DiffusionModel model = m.fn();
   SamplerOptions opt;
   opt.sampler = SamplerKind::Heun;
-  sample(model, torch_randn(3, {1, kChannels, kSide, kSide}), FlowSchedule{3.0f}.sigmas(5),
-         tagged_inputs(0, 1), opt);
+  sample(model, x0, FlowSchedule{3.0f}.sigmas(5), tagged_inputs(0, 1), opt);
   EXPECT_EQ(calls.size(), 9u);
 }
 
 // The fused Euler update (no trace: ops::cfg_euler_step on the raw velocities) equals the
 // reference-order path (trace: denoised, then d = (x - denoised)/sigma) up to float rounding,
 // with the fused kernel on and off.
-TEST(SamplerGuidance, FusedEulerMatchesUnfused) {
-  const int64_t n = kChannels * kSide * kSide;
-  AnalyticModel m;
-  m.flows = {GaussianFlow::make(n, 5), GaussianFlow::make(n, 6, 0.5)};
+TEST_F(SamplerGuidance, FusedEulerMatchesUnfused) {
   DiffusionModel model = m.fn();
-  Tensor x0 = torch_randn(3, {1, kChannels, kSide, kSide});
   std::vector<float> sigmas = FlowSchedule{3.0f}.sigmas(8);
   SamplerOptions opt;
   opt.sampler = SamplerKind::Euler;
@@ -567,11 +548,9 @@ TEST(SamplerGuidance, FusedEulerMatchesUnfused) {
   EXPECT_TRUE(test::all_close(composed, unfused, tol, "unfused kernel vs reference-order Euler"));
 }
 
-TEST(SamplerGuidance, RejectsBadInput) {
-  AnalyticModel m;
+TEST_F(SamplerGuidance, RejectsBadInput) {
   m.flows = {GaussianFlow::make(64, 5)};
   DiffusionModel model = m.fn();
-  Tensor x0 = torch_randn(3, {1, kChannels, kSide, kSide});
   SamplerOptions opt;
   EXPECT_THROW(sample(model, x0, {1.0f}, tagged_inputs(0, 0), opt), Error);
   EXPECT_THROW(sample(model, x0, {0.5f, 0.7f, 0.0f}, tagged_inputs(0, 0), opt), Error);
