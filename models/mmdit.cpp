@@ -1,5 +1,7 @@
 #include "models/mmdit.h"
 
+#include "models/weight_keys.h"
+
 #include <algorithm>
 #include <cmath>
 #include <sstream>
@@ -119,6 +121,14 @@ MMDiTConfig mmdit_config_from_weights(const WeightStore& w) {
   c.num_heads = c.depth;
   c.in_channels = ps[1];
   c.patch_size = ps[2];
+  SD3_CHECK(c.in_channels > 0, "'", w.prefix(), x_proj, "' in ", w.describe(), " has shape ",
+            shape_str(ps), ": no input channels");
+  // The depth comes from a shape, i.e. from the header: before anything is sized by it, it must
+  // agree with the joint blocks the file holds (count_layers bounds those by the key count).
+  const int64_t blocks = count_layers(w, "joint_blocks.");
+  SD3_CHECK(blocks == c.depth, "'", w.prefix(), x_proj, "' in ", w.describe(), " has shape ",
+            shape_str(ps), " (depth ", c.depth, ") but the file holds ", blocks,
+            " joint blocks");
 
   auto pos = w.shape("pos_embed");
   SD3_CHECK(pos.has_value(), "no MM-DiT position table in ", w.describe(), ": missing '",

@@ -151,6 +151,28 @@ TEST(WeightKeys, LoadersRefuseAHugeLayerIndex) {
   }
 }
 
+// The MM-DiT's depth comes from a shape (x_embedder.proj.weight [64 * depth, ...]), not from a
+// key index: a header claiming a huge depth, or no input channels, is refused against the
+// joint blocks the file really holds, quickly and naming the tensor.
+TEST(WeightKeys, MMDiTDepthMustMatchTheJointBlocks) {
+  const MMDiTConfig cfg = test::tiny_mmdit(MMDiTConfig::sd3_medium(), 1);
+  const std::string prefix = "model.diffusion_model.";
+  // A zero-size tensor has no bytes, so its leading dimension can be anything.
+  const Shape hostile[] = {
+      {int64_t{64} << 34, 0, 2, 2}, {int64_t{64} << 20, 16, 2, 2}, {64 * 1000, 16, 2, 2}};
+  for (const Shape& proj : hostile) {
+    SCOPED_TRACE(shape_str(proj));
+    std::vector<WeightSpec> specs = mmdit_weight_specs(cfg);
+    for (WeightSpec& s : specs)
+      if (s.key == "x_embedder.proj.weight") s.shape = proj;
+    const std::string path = test::write_sparse(test::temp_dir() + "/depth.safetensors",
+                                                test::entries_of(specs, prefix));
+    const WeightStore w = WeightStore::open({path}).with_prefix(prefix);
+    const std::string msg = error_of([&] { mmdit_config_from_weights(w); });
+    EXPECT_NE(msg.find("x_embedder.proj.weight"), std::string::npos) << msg;
+  }
+}
+
 // The finder also refuses an implausible index that no config derivation reads (here a
 // nested one in an MMDiT, whose depth comes from a shape), so such a file is never loaded.
 TEST(WeightKeys, FinderRefusesAnyImplausibleIndex) {
