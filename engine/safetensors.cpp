@@ -71,6 +71,17 @@ DType natural_dtype(StDType dtype) {
   }
 }
 
+StDType stored_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return StDType::F32;
+    case DType::F16: return StDType::F16;
+    case DType::BF16: return StDType::BF16;
+    case DType::I32: return StDType::I32;
+    case DType::I64: return StDType::I64;
+  }
+  return StDType::F32;
+}
+
 // e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa; no infinities, S.1111.111 is NaN.
 float f8e4m3_to_f32(uint8_t v) {
   const bool neg = v & 0x80;
@@ -358,40 +369,12 @@ void write_safetensors(const std::string& path,
   std::vector<std::pair<std::string, Tensor>> sorted = tensors;
   std::sort(sorted.begin(), sorted.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
-  nlohmann::json header = nlohmann::json::object();
-  if (!metadata.empty()) {
-    nlohmann::json m = nlohmann::json::object();
-    for (const auto& [k, v] : metadata) m[k] = v;
-    header["__metadata__"] = m;
-  }
-  uint64_t offset = 0;
-  for (size_t i = 0; i < sorted.size(); ++i) {
-    const auto& [key, t] = sorted[i];
-    SD3_CHECK(key != "__metadata__" && !key.empty(), "invalid tensor name '", key, "' for '",
-              path, "'");
-    SD3_CHECK(i == 0 || sorted[i - 1].first != key, "duplicate tensor name '", key, "' for '",
-              path, "'");
-    static const char* kNames[] = {"F32", "F16", "BF16", "I32", "I64"};
-    nlohmann::json e;
-    e["dtype"] = kNames[static_cast<int>(t.dtype())];
-    e["shape"] = t.shape();
-    e["data_offsets"] = {offset, offset + t.nbytes()};
-    header[key] = e;
-    offset += t.nbytes();
-  }
-  std::string json = header.dump();
-  while ((json.size() + 8) % 8 != 0) json.push_back(' ');
-  AtomicFile file(path);
-  char len[8];
-  uint64_t n = json.size();
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<char>((n >> (8 * i)) & 0xff);
-  file.write(len, 8);
-  file.write(json.data(), json.size());
-  for (const auto& [key, t] : sorted) {
-    Tensor host = t.to(Device::cpu()).contiguous();
-    file.write(host.raw_data(), host.nbytes());
-  }
-  file.commit();
+  std::vector<SafetensorsWriter::Entry> entries;
+  entries.reserve(sorted.size());
+  for (const auto& [key, t] : sorted) entries.push_back({key, stored_dtype(t.dtype()), t.shape()});
+  SafetensorsWriter writer(path, std::move(entries), metadata);
+  for (const auto& [key, t] : sorted) writer.write(key, t);
+  writer.commit();
 }
 
 // ---- streaming writer ---------------------------------------------------------------------
@@ -460,9 +443,7 @@ void SafetensorsWriter::append(const void* data, size_t n) {
 void SafetensorsWriter::write(const std::string& key, const Tensor& tensor) {
   begin(key);
   const Entry& e = entries_[next_ - 1];
-  static const StDType kStored[] = {StDType::F32, StDType::F16, StDType::BF16, StDType::I32,
-                                    StDType::I64};
-  SD3_CHECK(kStored[static_cast<int>(tensor.dtype())] == e.dtype && tensor.shape() == e.shape,
+  SD3_CHECK(stored_dtype(tensor.dtype()) == e.dtype && tensor.shape() == e.shape,
             "tensor '", key, "' for '", path_, "' is ", tensor.str(), ", declared ",
             st_dtype_name(e.dtype), " ", shape_str(e.shape));
   Tensor host = tensor.to(Device::cpu()).contiguous();

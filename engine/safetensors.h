@@ -30,6 +30,8 @@ std::optional<StDType> parse_st_dtype(const std::string& name);
 // The engine dtype a stored dtype loads as by default: F32/F16/BF16/I32/I64 as themselves,
 // F64 -> F32, fp8 -> F16 (exact), small integers and BOOL -> I32, U32/U64 -> I64.
 DType natural_dtype(StDType dtype);
+// The stored dtype an engine dtype is written as (the same format).
+StDType stored_dtype(DType dtype);
 // Decoders for the 8-bit float formats (exact in f32).
 float f8e4m3_to_f32(uint8_t v);
 float f8e5m2_to_f32(uint8_t v);
