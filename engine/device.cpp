@@ -26,7 +26,7 @@ void note_cpu_alloc(size_t bytes) {
   }
 }
 
-[[noreturn]] void no_cuda() { fail("CUDA backend requested but ", cuda_unavailable_reason()); }
+[[noreturn, maybe_unused]] void no_cuda() { fail("CUDA backend requested but ", cuda_unavailable_reason()); }
 }  // namespace
 
 std::string Device::str() const {
