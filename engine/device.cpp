@@ -1,11 +1,11 @@
 #include "engine/device.h"
 
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 
 #include "engine/error.h"
+#include "engine/host_allocator.h"
 
 #ifdef SD3_HAVE_CUDA
 #include "kernels/cuda/runtime.h"
@@ -14,18 +14,6 @@
 namespace sd3 {
 
 namespace {
-constexpr size_t kCpuAlignment = 64;
-
-std::atomic<size_t> g_cpu_current{0};
-std::atomic<size_t> g_cpu_peak{0};
-
-void note_cpu_alloc(size_t bytes) {
-  size_t now = g_cpu_current.fetch_add(bytes) + bytes;
-  size_t peak = g_cpu_peak.load();
-  while (now > peak && !g_cpu_peak.compare_exchange_weak(peak, now)) {
-  }
-}
-
 [[noreturn, maybe_unused]] void no_cuda() { fail("CUDA backend requested but ", cuda_unavailable_reason()); }
 }  // namespace
 
@@ -62,14 +50,7 @@ std::string cuda_unavailable_reason() {
 }
 
 void* device_alloc(Device device, size_t bytes) {
-  if (device.is_cpu()) {
-    size_t rounded = (bytes + kCpuAlignment - 1) / kCpuAlignment * kCpuAlignment;
-    if (rounded == 0) rounded = kCpuAlignment;
-    void* p = std::aligned_alloc(kCpuAlignment, rounded);
-    if (!p) fail("out of host memory allocating ", bytes, " bytes");
-    note_cpu_alloc(rounded);
-    return p;
-  }
+  if (device.is_cpu()) return host::alloc(bytes);
 #ifdef SD3_HAVE_CUDA
   return cuda::alloc(device.index, bytes);
 #else
@@ -80,10 +61,7 @@ void* device_alloc(Device device, size_t bytes) {
 void device_free(Device device, void* ptr, size_t bytes) {
   if (!ptr) return;
   if (device.is_cpu()) {
-    size_t rounded = (bytes + kCpuAlignment - 1) / kCpuAlignment * kCpuAlignment;
-    if (rounded == 0) rounded = kCpuAlignment;
-    g_cpu_current.fetch_sub(rounded);
-    std::free(ptr);
+    host::free(ptr, bytes);
     return;
   }
 #ifdef SD3_HAVE_CUDA
@@ -114,13 +92,7 @@ void device_synchronize(Device device) {
 }
 
 MemoryStats memory_stats(DeviceType type) {
-  if (type == DeviceType::CPU) {
-    MemoryStats s;
-    s.current = g_cpu_current.load();
-    s.peak = g_cpu_peak.load();
-    s.reserved = s.current;
-    return s;
-  }
+  if (type == DeviceType::CPU) return host::stats();
 #ifdef SD3_HAVE_CUDA
   return cuda::memory_stats();
 #else
@@ -130,7 +102,7 @@ MemoryStats memory_stats(DeviceType type) {
 
 void reset_peak_memory(DeviceType type) {
   if (type == DeviceType::CPU) {
-    g_cpu_peak.store(g_cpu_current.load());
+    host::reset_peak();
     return;
   }
 #ifdef SD3_HAVE_CUDA

@@ -31,8 +31,9 @@ bool cuda_available();
 // Why cuda_available() is false, in one line ("built without CUDA", the runtime's message, ...).
 std::string cuda_unavailable_reason();
 
-// Raw memory on a device. CPU memory is 64-byte aligned. CUDA memory comes from the backend's
-// caching allocator (kernels/cuda), so freeing inside a sampling loop never reaches cudaFree.
+// Raw memory on a device. CPU memory is 64-byte aligned, with large blocks reused
+// (engine/host_allocator.h); CUDA memory comes from the backend's caching allocator
+// (kernels/cuda), so freeing inside a sampling loop never reaches cudaFree.
 void* device_alloc(Device device, size_t bytes);
 void device_free(Device device, void* ptr, size_t bytes);
 // Copies bytes between any two devices (host<->device, device<->device, host<->host).
