@@ -129,9 +129,12 @@ std::unique_ptr<Pipeline> Pipeline::open(const PipelineOptions& options) {
   const std::string anchor = mmdit.weights.files().empty()
                                  ? std::string()
                                  : mmdit.weights.files().front()->path();
-  tok::TokenizerFiles tf = tok::find_tokenizer_files(anchor, options.clip_vocab, options.t5_model);
-  s->tokenizer =
-      std::make_unique<tok::Sd3Tokenizer>(tok::Sd3Tokenizer::load(tf.clip_vocab, tf.t5_model));
+  // Without T5 the T5 tokenizer is not needed (nor loaded).
+  const bool use_t5 = s->options.use_t5;
+  tok::TokenizerFiles tf =
+      tok::find_tokenizer_files(anchor, options.clip_vocab, options.t5_model, use_t5);
+  s->tokenizer = std::make_unique<tok::Sd3Tokenizer>(
+      tok::Sd3Tokenizer::load(tf.clip_vocab, use_t5 ? tf.t5_model : std::string()));
   return std::unique_ptr<Pipeline>(new Pipeline(std::move(s)));
 }
 

@@ -324,7 +324,14 @@ std::vector<std::vector<int64_t>> build_windows(const std::vector<std::vector<in
 
 Sd3Tokenizer Sd3Tokenizer::load(const std::string& clip_vocab_path,
                                 const std::string& t5_model_path) {
-  return Sd3Tokenizer(ClipBpe::load(clip_vocab_path), T5Tokenizer::load(t5_model_path));
+  std::optional<T5Tokenizer> t5;
+  if (!t5_model_path.empty()) t5 = T5Tokenizer::load(t5_model_path);
+  return Sd3Tokenizer(ClipBpe::load(clip_vocab_path), std::move(t5));
+}
+
+const T5Tokenizer& Sd3Tokenizer::t5() const {
+  SD3_CHECK(t5_.has_value(), "this SD3 tokenizer was loaded without a T5 model (spiece.model)");
+  return *t5_;
 }
 
 Sd3Tokens Sd3Tokenizer::tokenize(std::string_view utf8_prompt) const {
@@ -343,16 +350,17 @@ Sd3Tokens Sd3Tokenizer::tokenize(std::string_view utf8_prompt) const {
   clip.pad = 0;
   tokens.clip_g = build_windows(clip_words, clip);
 
+  if (!t5_) return tokens;  // no T5 stream
   // T5 sees only the first 226 code points, cut before the weight syntax is parsed.
   std::u32string cps = decode_utf8(prompt);
   if (cps.size() > kT5MaxCodePoints) cps.resize(kT5MaxCodePoints);
   std::vector<std::vector<int64_t>> t5_words;
   for (const std::string& word : prompt_words(encode_utf8(cps))) {
-    t5_words.push_back(t5_.encode(word));
+    t5_words.push_back(t5_->encode(word));
   }
   WindowOptions t5;
-  t5.end = t5_.eos_id();
-  t5.pad = t5_.pad_id();
+  t5.end = t5_->eos_id();
+  t5.pad = t5_->pad_id();
   t5.max_length = std::numeric_limits<size_t>::max();  // never split (max_length=99999999)
   t5.pad_to_max_length = false;
   t5.min_length = kT5MinLength;
@@ -365,7 +373,7 @@ std::vector<int64_t> Sd3Tokenizer::clip_ids(std::string_view utf8_prompt) const 
 }
 
 std::vector<int64_t> Sd3Tokenizer::t5_ids(std::string_view utf8_prompt) const {
-  return t5_.encode(utf8_prompt);
+  return t5().encode(utf8_prompt);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,7 +389,7 @@ bool is_file(const fs::path& p) {
 
 TokenizerFiles find_tokenizer_files(const std::string& model_path,
                                     const std::string& clip_vocab_flag,
-                                    const std::string& t5_model_flag) {
+                                    const std::string& t5_model_flag, bool need_t5) {
   TokenizerFiles files;
   std::error_code ec;
   std::vector<fs::path> dirs;
@@ -434,7 +442,7 @@ TokenizerFiles find_tokenizer_files(const std::string& model_path,
       }
       saw_tokenizer_json |= is_file(dir / "tokenizer_3" / "tokenizer.json");
     }
-    SD3_CHECK(!files.t5_model.empty(), "no T5 tokenizer model found",
+    SD3_CHECK(!files.t5_model.empty() || !need_t5, "no T5 tokenizer model found",
               model_path.empty() ? std::string() : " for model '" + model_path + "'",
               looked.empty() ? std::string() : " (looked for " + looked + ")",
               saw_tokenizer_json ? "; tokenizer_3/tokenizer.json is there but sd3 reads the "

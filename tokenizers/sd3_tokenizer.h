@@ -59,9 +59,11 @@ class Sd3Tokenizer {
   static constexpr size_t kT5MaxCodePoints = 226;
 
   // `clip_vocab_path`: bpe_simple_vocab_16e6.txt.gz or vocab.json (merges.txt beside it);
-  // `t5_model_path`: spiece.model.
+  // `t5_model_path`: spiece.model, or empty for a tokenizer without the T5 stream (a run
+  // without the T5 encoder: tokenize() then leaves `t5` empty).
   static Sd3Tokenizer load(const std::string& clip_vocab_path, const std::string& t5_model_path);
-  Sd3Tokenizer(ClipBpe clip, T5Tokenizer t5) : clip_(std::move(clip)), t5_(std::move(t5)) {}
+  Sd3Tokenizer(ClipBpe clip, std::optional<T5Tokenizer> t5)
+      : clip_(std::move(clip)), t5_(std::move(t5)) {}
 
   // The three streams for one prompt (UTF-8; ill-formed bytes are read as U+FFFD).
   Sd3Tokens tokenize(std::string_view utf8_prompt) const;
@@ -71,11 +73,13 @@ class Sd3Tokenizer {
   std::vector<int64_t> t5_ids(std::string_view utf8_prompt) const;
 
   const ClipBpe& clip() const { return clip_; }
-  const T5Tokenizer& t5() const { return t5_; }
+  bool has_t5() const { return t5_.has_value(); }
+  // The T5 tokenizer; throws sd3::Error when this tokenizer was loaded without one.
+  const T5Tokenizer& t5() const;
 
  private:
   ClipBpe clip_;
-  T5Tokenizer t5_;
+  std::optional<T5Tokenizer> t5_;
 };
 
 // Where the tokenizer files of a model are. A flag value, when given, wins (and must exist).
@@ -89,8 +93,10 @@ struct TokenizerFiles {
   std::string clip_vocab;
   std::string t5_model;
 };
+// With need_t5 false (a run without the T5 encoder) a T5 model that is not found is no error:
+// t5_model is then empty.
 TokenizerFiles find_tokenizer_files(const std::string& model_path,
                                     const std::string& clip_vocab_flag = "",
-                                    const std::string& t5_model_flag = "");
+                                    const std::string& t5_model_flag = "", bool need_t5 = true);
 
 }  // namespace sd3::tok

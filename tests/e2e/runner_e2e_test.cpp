@@ -118,6 +118,25 @@ TEST(RunnerE2E, GoldenImageFromTinyCheckpoints) {
   }
 }
 
+// --no-t5 needs neither the T5 weights nor its tokenizer model: CLIP files and the vocabulary
+// are enough, and the image is written.
+TEST(RunnerE2E, NoT5RunsWithoutT5Files) {
+  const GoldenCase c = cases_of_kind("e2e").front();
+  const auto& files = c.raw.at("checkpoint_files");
+  const std::string out = temp_dir() + "/no_t5.png";
+  std::string args = " -m " + quote(fixture_path(files.at("mmdit").get<std::string>()));
+  args += " --clip-l " + quote(fixture_path(files.at("clip_l").get<std::string>()));
+  args += " --clip-g " + quote(fixture_path(files.at("clip_g").get<std::string>()));
+  args += " --vae " + quote(fixture_path(files.at("vae").get<std::string>()));
+  args += " --clip-vocab " + quote(tokenizer_path("clip/bpe_simple_vocab_16e6.txt.gz"));
+  args += " --no-t5 -p 'a red fox' -W 64 -H 64 --steps 2 --seed 1 --threads 2 -o " + quote(out);
+  RunResult r = run(args);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  models::PngImage png = models::read_png(out);
+  EXPECT_EQ(png.image.width, 64);
+  EXPECT_EQ(png.image.height, 64);
+}
+
 // Each bad invocation: non-zero exit, exactly one line naming the problem, no output file.
 TEST(RunnerE2E, BadInputGivesOneLineAndNoFile) {
   const GoldenCase c = cases_of_kind("e2e").front();

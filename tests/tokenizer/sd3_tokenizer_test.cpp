@@ -445,3 +445,31 @@ TEST(TokenizerFiles, BrokenT5ModelNamesTheFile) {
 
 }  // namespace
 }  // namespace sd3::tok
+
+namespace sd3::tok {
+namespace {
+
+// A run without the T5 encoder needs no spiece.model: the lookup does not insist on it and
+// the tokenizer builds the CLIP streams alone.
+TEST(TokenizerFiles, WithoutT5TheT5ModelIsOptional) {
+  const fs::path dir = test::temp_dir();
+  std::ofstream(dir / "model.safetensors").put('x');
+  const std::string model = (dir / "model.safetensors").string();
+  TokenizerFiles f = find_tokenizer_files(model, test_util::gz_vocab(), "", /*need_t5=*/false);
+  EXPECT_EQ(f.clip_vocab, test_util::gz_vocab());
+  EXPECT_TRUE(f.t5_model.empty());
+
+  const Sd3Tokenizer clip_only = Sd3Tokenizer::load(f.clip_vocab, "");
+  EXPECT_FALSE(clip_only.has_t5());
+  const Sd3Tokenizer full = Sd3Tokenizer::load(test_util::gz_vocab(), test_util::spiece());
+  const Sd3Tokens a = clip_only.tokenize("a red fox in fresh snow");
+  const Sd3Tokens b = full.tokenize("a red fox in fresh snow");
+  EXPECT_EQ(a.clip_l, b.clip_l);
+  EXPECT_EQ(a.clip_g, b.clip_g);
+  EXPECT_TRUE(a.t5.empty());
+  EXPECT_FALSE(b.t5.empty());
+  EXPECT_THROW(clip_only.t5_ids("x"), Error);
+}
+
+}  // namespace
+}  // namespace sd3::tok
