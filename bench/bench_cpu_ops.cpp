@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cpu_bench_main.h"
 #include "engine/ops.h"
 
 namespace {
@@ -268,21 +269,5 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 0;
-  std::vector<char*> rest;
-  for (int i = 0; i < argc; ++i) {
-    if (i > 0 && std::strncmp(argv[i], "--threads=", 10) == 0) {
-      threads = std::atoi(argv[i] + 10);
-    } else {
-      rest.push_back(argv[i]);
-    }
-  }
-  sd3::set_num_threads(threads);
-  int rest_argc = static_cast<int>(rest.size());
-  benchmark::Initialize(&rest_argc, rest.data());
-  register_all();
-  benchmark::AddCustomContext("threads", std::to_string(sd3::num_threads()));
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return sd3::bench::cpu_bench_main(argc, argv, register_all);
 }

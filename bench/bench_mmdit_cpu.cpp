@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cpu_bench_main.h"
 #include "engine/ops.h"
 #include "models/mmdit.h"
 
@@ -143,24 +144,11 @@ void BM_MMDiTForward(benchmark::State& state) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 0;
-  std::vector<char*> rest;
-  for (int i = 0; i < argc; ++i) {
-    if (i > 0 && std::strncmp(argv[i], "--threads=", 10) == 0) {
-      threads = std::atoi(argv[i] + 10);
-    } else {
-      rest.push_back(argv[i]);
-    }
-  }
-  sd3::set_num_threads(threads);
-  int rest_argc = static_cast<int>(rest.size());
-  benchmark::Initialize(&rest_argc, rest.data());
-  benchmark::RegisterBenchmark("MMDiT_SD3Medium_Forward/B2_32x32_ctx154", BM_MMDiTForward)
-      ->UseRealTime()
-      ->Unit(benchmark::kSecond)
-      ->Iterations(1)
-      ->Repetitions(3);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return sd3::bench::cpu_bench_main(argc, argv, [] {
+    benchmark::RegisterBenchmark("MMDiT_SD3Medium_Forward/B2_32x32_ctx154", BM_MMDiTForward)
+        ->UseRealTime()
+        ->Unit(benchmark::kSecond)
+        ->Iterations(1)
+        ->Repetitions(3);
+  });
 }
