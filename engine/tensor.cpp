@@ -24,6 +24,19 @@ Shape contiguous_strides(const Shape& shape) {
   return strides;
 }
 
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
+  const size_t r = std::max(a.size(), b.size());
+  Shape out(r);
+  for (size_t i = 0; i < r; ++i) {
+    const int64_t da = i < r - a.size() ? 1 : a[i - (r - a.size())];
+    const int64_t db = i < r - b.size() ? 1 : b[i - (r - b.size())];
+    SD3_CHECK(da == db || da == 1 || db == 1, op, ": shapes ", shape_str(a), " and ", shape_str(b),
+              " do not broadcast");
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
 int64_t wrap_dim(int64_t d, int64_t rank, const char* what) {
   int64_t w = d < 0 ? d + rank : d;
   SD3_CHECK(w >= 0 && w < rank, what, " ", d, " out of range for a tensor of rank ", rank);

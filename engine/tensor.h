@@ -21,6 +21,9 @@ using Shape = std::vector<int64_t>;
 
 int64_t shape_numel(const Shape& shape);
 Shape contiguous_strides(const Shape& shape);
+// The numpy broadcast of two shapes; an error naming `op` and both shapes when they do not
+// broadcast.
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
 
 // A block of device memory. Owns it unless made from external memory (mmap, caller buffer),
 // in which case `keepalive` holds whatever keeps that memory valid.

@@ -297,19 +297,6 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 
 // ---- broadcasting and iteration ------------------------------------------------------------
 
-Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
-  const size_t r = std::max(a.size(), b.size());
-  Shape out(r);
-  for (size_t i = 0; i < r; ++i) {
-    const int64_t da = i < r - a.size() ? 1 : a[i - (r - a.size())];
-    const int64_t db = i < r - b.size() ? 1 : b[i - (r - b.size())];
-    SD3_CHECK(da == db || da == 1 || db == 1, op, ": shapes ", shape_str(a), " and ", shape_str(b),
-              " do not broadcast");
-    out[i] = da == 1 ? db : da;
-  }
-  return out;
-}
-
 MapPlan plan_map(const Shape& out_shape, const std::vector<const Tensor*>& ops) {
   MapPlan plan;
   plan.nops = static_cast<int>(ops.size());

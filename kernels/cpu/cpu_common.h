@@ -158,11 +158,6 @@ float row_max(const float* x, int64_t n);
 // y = exp(x - shift) (may alias); returns the sum of y.
 float exp_sub_row(float* y, const float* x, int64_t n, float shift);
 
-// ---- broadcasting -------------------------------------------------------------------------
-
-// numpy broadcast of two shapes; throws naming op and both shapes when incompatible.
-Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
-
 // Elements per chunk handed to a row function; fixed so results do not depend on threads.
 constexpr int64_t kMapChunk = 4096;
 constexpr int kMaxMapInputs = 4;

@@ -40,7 +40,7 @@ SD3_CPU_SIMD void axpby_row(float* out, const float* x, float a, const float* y,
 Tensor binary(const Tensor& a, const Tensor& b, Binary op, const char* name) {
   detail::check_float(a, name, "a");
   detail::check_float(b, name, "b");
-  const Shape shape = detail::broadcast_shapes(a.shape(), b.shape(), name);
+  const Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   return detail::map_f32(shape, a.dtype(), {&a, &b},
                          [op](float* out, const float* const* in, int64_t n) {
                            binary_row(out, in[0], in[1], n, op);

@@ -139,7 +139,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   const int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
   const Shape abatch(a.shape().begin(), a.shape().end() - 2);
   const Shape bbatch(b.shape().begin(), b.shape().end() - 2);
-  Shape shape = detail::broadcast_shapes(abatch, bbatch, "matmul");
+  Shape shape = broadcast_shapes(abatch, bbatch, "matmul");
   const int64_t batch = shape_numel(shape);
   shape.push_back(m);
   shape.push_back(n);

@@ -81,19 +81,6 @@ struct AffineOp {  // x * s + t
   __device__ float operator()(float a, float) const { return a * s + t; }
 };
 
-inline Shape broadcast_shape(const Shape& a, const Shape& b, const char* op) {
-  const size_t r = std::max(a.size(), b.size());
-  Shape out(r);
-  for (size_t i = 0; i < r; ++i) {
-    const int64_t da = i < r - a.size() ? 1 : a[i - (r - a.size())];
-    const int64_t db = i < r - b.size() ? 1 : b[i - (r - b.size())];
-    SD3_CHECK(da == db || da == 1 || db == 1, op, ": shapes ", shape_str(a), " and ", shape_str(b),
-              " do not broadcast");
-    out[i] = da == 1 ? db : da;
-  }
-  return out;
-}
-
 // Element strides of t viewed with `out` shape (0 along broadcast dimensions).
 inline void fill_strides(const Tensor& t, const Shape& out, int64_t* stride) {
   const size_t r = out.size(), off = r - t.shape().size();
@@ -108,7 +95,7 @@ Tensor map2(const Tensor& a, const Tensor& b, const char* name, Op op) {
     check_float_input(b, name, "second input");
     SD3_CHECK(a.device() == b.device(), name, ": inputs on different devices");
   }
-  const Shape shape = b.defined() ? broadcast_shape(a.shape(), b.shape(), name) : a.shape();
+  const Shape shape = b.defined() ? broadcast_shapes(a.shape(), b.shape(), name) : a.shape();
   SD3_CHECK(shape.size() <= static_cast<size_t>(kMaxStridedRank), name, ": rank ", shape.size(),
             " above ", kMaxStridedRank);
   Tensor out = Tensor::empty(shape, a.dtype(), a.device());
