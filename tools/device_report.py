@@ -81,12 +81,20 @@ def main():
     for (op, shape), v in sorted(rows.items()):
         if "fused" not in v or "copy" not in v:
             continue
-        f, c, u = v["fused"], v["copy"], v.get("unfused")
-        frac = f["GB/s"] / c["GB/s"] * 100 if c.get("GB/s") else float("nan")
-        speed = u["real_time"] / f["real_time"] if u else float("nan")
-        print(f"| {op} | {shape} | {f['real_time']:.1f} | {f['GB/s']:.0f} | {c['GB/s']:.0f} | "
-              f"{frac:.0f}% | {u['real_time']:.1f} | {speed:.2f}x |" if u else
-              f"| {op} | {shape} | {f['real_time']:.1f} | {f['GB/s']:.0f} | {c['GB/s']:.0f} | {frac:.0f}% | - | - |")
+        c, u = v["copy"], v.get("unfused")
+        # The default kernel first, then its lab variants (fused_*), each against the same
+        # copy and unfused composition.
+        for name in ["fused"] + sorted(k for k in v if k.startswith("fused_")):
+            f = v[name]
+            label = op if name == "fused" else f"{op} ({name})"
+            frac = f["GB/s"] / c["GB/s"] * 100 if c.get("GB/s") else float("nan")
+            if u:
+                speed = u["real_time"] / f["real_time"]
+                print(f"| {label} | {shape} | {f['real_time']:.1f} | {f['GB/s']:.0f} | "
+                      f"{c['GB/s']:.0f} | {frac:.0f}% | {u['real_time']:.1f} | {speed:.2f}x |")
+            else:
+                print(f"| {label} | {shape} | {f['real_time']:.1f} | {f['GB/s']:.0f} | "
+                      f"{c['GB/s']:.0f} | {frac:.0f}% | - | - |")
     sdpa = load_json(os.path.join(d, "sdpa.json")) or {}
     ref = {(r["shape"], r["backend"]): r for r in sdpa.get("results", []) if "tflops" in r}
     print("\n## Attention (B 2, 24 heads x 64, bf16)\n")
@@ -95,11 +103,14 @@ def main():
     for (op, shape), v in sorted(rows.items()):
         if op != "joint_attention" or "fused" not in v:
             continue
-        f, u = v["fused"]["TFLOP/s"], v.get("unfused", {}).get("TFLOP/s", float("nan"))
+        u = v.get("unfused", {}).get("TFLOP/s", float("nan"))
         cd, fl = ref.get((shape, "cudnn")), ref.get((shape, "flash"))
-        ratio = f / cd["tflops"] * 100 if cd else float("nan")
-        print(f"| {shape} | {f:.0f} | {u:.0f} | {cd['tflops'] if cd else float('nan'):.0f} | "
-              f"{fl['tflops'] if fl else float('nan'):.0f} | {ratio:.0f}% |")
+        for name in ["fused"] + sorted(k for k in v if k.startswith("fused_")):
+            f = v[name]["TFLOP/s"]
+            label = shape if name == "fused" else f"{shape} ({name})"
+            ratio = f / cd["tflops"] * 100 if cd else float("nan")
+            print(f"| {label} | {f:.0f} | {u:.0f} | {cd['tflops'] if cd else float('nan'):.0f} | "
+                  f"{fl['tflops'] if fl else float('nan'):.0f} | {ratio:.0f}% |")
     print("\n## Library ops\n")
     print("| op | shape | us | TFLOP/s |")
     print("|---|---|---|---|")

@@ -222,6 +222,19 @@ void register_all() {
     const double bytes = 2.0 * x.numel() * 2;
     auto run = [=] { ops::groupnorm_silu(x, 32, w, b, 1e-6f); };
     add("groupnorm_silu/fused" + tag, run, bytes);
+    // The designs of Note [One-pass group norm] side by side: one pass with 64 KB chunks, and
+    // the two-pass kernels (x read twice).
+    auto variant = [=](int passes, int vecs) {
+      return [=] {
+        sd3::cuda::set_groupnorm_passes(passes);
+        sd3::cuda::set_groupnorm_onepass_vecs(vecs);
+        ops::groupnorm_silu(x, 32, w, b, 1e-6f);
+        sd3::cuda::set_groupnorm_passes(0);
+        sd3::cuda::set_groupnorm_onepass_vecs(0);
+      };
+    };
+    add("groupnorm_silu/fused_64k" + tag, variant(1, 16), bytes);
+    add("groupnorm_silu/fused_2pass" + tag, variant(2, 0), bytes);
     add("groupnorm_silu/unfused" + tag, with_fusion(unfused_all(), run), bytes);
     add_copy("groupnorm_silu/copy" + tag, bytes);
   }

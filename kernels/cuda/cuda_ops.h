@@ -73,5 +73,15 @@ bool flash_attention_supported(const Tensor& q, const AttentionOptions& opt);
 // Lab switch: query m-tiles of 16 rows per warp in the D = 64 flash kernel (1 or 2; anything
 // else restores the default, 2, or SD3_FLASH_MTILES).
 void set_flash_mtiles(int mtiles);
+// Lab switch for group_norm / groupnorm_silu: 1 = the one-pass kernel where the shape allows
+// (the default), 2 = always the two-pass kernels; anything else restores the default or
+// SD3_GROUPNORM_PASSES (Note [One-pass group norm]).
+void set_groupnorm_passes(int passes);
+// Lab/test switch for the one-pass kernel's chunk: 8 or 16 16-byte vectors per thread (32 or
+// 64 KB); anything else restores the default (8 where a group's chunks fit, else 16).
+void set_groupnorm_onepass_vecs(int vecs);
+// True when group_norm on x (contiguous, 16-byte aligned) takes the one-pass kernel on this
+// device with the default setting.
+bool groupnorm_onepass_possible(const Tensor& x, int64_t groups);
 
 }  // namespace sd3::cuda

@@ -4,11 +4,17 @@
 //   mean, var over the (C/G) * S elements of group g (S = H * W), rstd = 1/sqrt(var + eps),
 //   act = SiLU (groupnorm_silu) or identity (group_norm).
 //
-// Bytes: x is read twice (statistics, then normalisation) and y written once: 3 B C S
-// sizeof(T). A VAE group at 1024x1024 holds 4 channels x 1M pixels (8 MB in bf16), far more
-// than a block can keep on chip, and there are only G = 32 groups per image, so one block per
-// group would leave most of the GPU idle. Hence two kernels (Note [Split group statistics]).
-// The unfused composition (group_norm then silu) moves 5 passes; fused moves 3.
+// Bytes at best: x read once, y written once, 2 B C S sizeof(T). A VAE group at 1024x1024
+// holds 4 channels x 1M pixels (8 MB in bf16), far more than a block can keep on chip, and
+// there are only G = 32 groups per image, so one block per group would leave most of the GPU
+// idle: a group is split over many blocks, whose statistics must meet before any of them can
+// normalise. Two designs, chosen per call (Note [One-pass group norm]):
+//   one pass  (2 B C S sizeof(T)): blocks keep their chunk in registers while the group's
+//             statistics meet in global memory;
+//   two pass  (3 B C S sizeof(T)): a statistics kernel, then a normalise kernel that reads x
+//             again (Note [Split group statistics]); the fallback for shapes the first does
+//             not take, and a lab variant.
+// The unfused composition (group_norm then silu) moves 5 passes.
 //
 // Note [Split group statistics]
 // Kernel 1 splits each group into chunks (grid = chunks x B*G); each block reduces its chunk
@@ -17,6 +23,30 @@
 // group's partials once per block (one warp, lanes in parallel) into shared memory, then
 // normalises, applies the affine and the activation, and writes. Chan's merge keeps the variance
 // accurate where E[x^2] - E[x]^2 would cancel on large groups with a large mean.
+//
+// Note [One-pass group norm]
+// One kernel, launched cooperatively (every block resident at once) with a grid of at most
+// the GPU's resident capacity. Each group is cut into chunks of kOneThreads x kVecs 16-byte
+// vectors (32 or 64 KB); a block repeatedly takes the next chunk number from a global ticket counter,
+// loads its chunk into registers (8 independent 16-byte loads per thread in flight), reduces
+// it to (n, mean, M2) as in the two-pass kernel, publishes that partial (store, fence,
+// atomic increment of the group's count), waits until the group's count reaches its chunk
+// total, merges the group's partials (one warp) and normalises the chunk it still holds. x is
+// read from memory once.
+// Why this cannot deadlock: tickets are taken in increasing order and each block holds one
+// chunk at a time, so a block can be stuck only on the group that contains the newest ticket
+// taken; if every resident block were stuck, all R of them would hold distinct chunks of that
+// one group and it would have more than R chunks. The host takes this path only when a
+// group's chunk count is at most R (R = resident blocks, from the occupancy calculator), and
+// the cooperative launch guarantees that all R blocks run together (it fails rather than
+// oversubscribe; the host then falls back to two passes).
+// Memory ordering: the publishing thread stores its partial, __threadfence()s, then increments
+// the count; the waiting lane reads the count with ld.acquire.gpu, and the merging warp reads
+// partials through L2 (__ldcg) after a fence, so it never sees a stale partial.
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
@@ -147,6 +177,272 @@ __global__ void group_apply_kernel(T* __restrict__ out, const T* __restrict__ x,
   }
 }
 
+// ---- one pass (Note [One-pass group norm]) ------------------------------------------------
+
+// kVecs 16-byte vectors per thread held on chip: 8 (32 KB chunks, in registers) or, for groups
+// with more chunks than that leaves resident, 16 (64 KB: 8 in registers, 8 in shared memory).
+// Either way ~70 registers and at most 32 KB of shared memory: 3 blocks per SM.
+constexpr int kOneThreads = 256;
+
+template <class T, int kVecs>
+constexpr int64_t onepass_chunk_elems() {
+  return static_cast<int64_t>(kOneThreads) * kVecs * Vec<T>::kVec;
+}
+
+__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Reduces per-thread partials to one Welford in thread 0 (others get garbage). Ends with the
+// scratch free for reuse only after the caller's next barrier.
+__device__ __forceinline__ Welford block_welford(Welford w, Welford* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    Welford other{__shfl_xor_sync(0xffffffffu, w.n, o), __shfl_xor_sync(0xffffffffu, w.mean, o),
+                  __shfl_xor_sync(0xffffffffu, w.m2, o)};
+    w = merge(w, other);
+  }
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = w;
+  __syncthreads();
+  Welford t = red[0];
+  if (threadIdx.x == 0)
+    for (int i = 1; i < static_cast<int>(blockDim.x >> 5); ++i) t = merge(t, red[i]);
+  return t;
+}
+
+// One 16-byte vector of the chunk a thread holds, with its place in the group.
+template <class T>
+__device__ __forceinline__ int onepass_offset(int r, int kV) {
+  return (r * kOneThreads + static_cast<int>(threadIdx.x)) * kV;
+}
+
+// sync[0]: the ticket counter; sync[1 + group]: the group's published chunks. Both zero at
+// launch. partial: one Welford per chunk, indexed by ticket. A thread's vectors r < kRegVecs
+// live in registers, the rest (kVecs = 16) in shared memory, filled by cp.async, each thread
+// reading back only its own slots (no barrier needed for them).
+template <class T, int kVecs, bool kSilu>
+__global__ void __launch_bounds__(kOneThreads, 3)
+    group_norm_onepass_kernel(T* __restrict__ out, const T* __restrict__ x,
+                              Welford* __restrict__ partial, unsigned* __restrict__ sync,
+                              int group_elems, int chunks, int total_chunks, AnyPtr w,
+                              AnyPtr b, int S, int C, int G, float eps) {
+  constexpr int kV = Vec<T>::kVec;
+  constexpr int kRegVecs = kVecs < 8 ? kVecs : 8;
+  constexpr int kSmemVecs = kVecs - kRegVecs;
+  constexpr int kChunkElems = static_cast<int>(onepass_chunk_elems<T, kVecs>());
+  __shared__ Welford red[kOneThreads / 32];
+  __shared__ float stats[2];
+  __shared__ int ticket_s;
+  __shared__ uint4 held[kSmemVecs > 0 ? kSmemVecs * kOneThreads : 1];
+  const int cg = C / G;
+  auto slot = [&](int r) -> uint4& { return held[(r - kRegVecs) * kOneThreads + threadIdx.x]; };
+  for (;;) {
+    if (threadIdx.x == 0) ticket_s = static_cast<int>(atomicAdd(&sync[0], 1u));
+    __syncthreads();
+    const int ticket = ticket_s;
+    if (ticket >= total_chunks) return;  // uniform across the block
+    const int group = ticket / chunks;
+    const int begin = (ticket % chunks) * kChunkElems;  // within the group (< 2^31, host-checked)
+    const int rem = group_elems - begin;                // elements of the group from begin on
+    const int64_t at = static_cast<int64_t>(group) * group_elems + begin;
+    const T* gx = x + at;
+    T* go = out + at;
+
+    // Load the chunk: vector r of this thread is element begin + (r * threads + tid) * kV.
+    // The shared-memory part is issued first so that every load is in flight at once.
+#pragma unroll
+    for (int r = kRegVecs; r < kVecs; ++r) {
+      const int i = onepass_offset<T>(r, kV);
+      if (i < rem)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                         static_cast<unsigned>(__cvta_generic_to_shared(&slot(r)))),
+                     "l"(gx + i));
+    }
+    if constexpr (kSmemVecs > 0) asm volatile("cp.async.commit_group;\n" ::);
+    Vec<T> in[kRegVecs];
+#pragma unroll
+    for (int r = 0; r < kRegVecs; ++r) {
+      const int i = onepass_offset<T>(r, kV);
+      if (i < rem) in[r].load_nc(gx + i);
+    }
+    if constexpr (kSmemVecs > 0) asm volatile("cp.async.wait_all;\n" ::: "memory");
+
+    // Shifted sums as in group_stats_kernel (the shift is the thread's first value, r = 0:
+    // the first valid vector when any is).
+    float n = 0.0f, shift = 0.0f, s1 = 0.0f, s2 = 0.0f;
+    auto accumulate = [&](const Vec<T>& vv, bool first) {
+      float v[kV];
+      vv.to_float(v);
+      if (first) shift = v[0];
+#pragma unroll
+      for (int e = 0; e < kV; ++e) {
+        const float d = v[e] - shift;
+        s1 += d;
+        s2 += d * d;
+      }
+      n += kV;
+    };
+#pragma unroll
+    for (int r = 0; r < kRegVecs; ++r)
+      if (onepass_offset<T>(r, kV) < rem) accumulate(in[r], r == 0);
+#pragma unroll
+    for (int r = kRegVecs; r < kVecs; ++r) {
+      if (onepass_offset<T>(r, kV) < rem) {
+        Vec<T> vv;
+        vv.raw = slot(r);
+        accumulate(vv, false);
+      }
+    }
+    Welford mine{n, 0.0f, 0.0f};
+    if (n > 0.0f) {
+      const float dm = s1 / n;
+      mine.mean = shift + dm;
+      mine.m2 = fmaxf(s2 - s1 * dm, 0.0f);
+    }
+    const Welford chunk_stats = block_welford(mine, red);
+
+    // Publish, wait for the group, merge its partials (warp 0).
+    if (threadIdx.x < 32) {
+      if (threadIdx.x == 0) {
+        partial[ticket] = chunk_stats;
+        __threadfence();
+        atomicAdd(&sync[1 + group], 1u);
+        while (load_acquire(&sync[1 + group]) < static_cast<unsigned>(chunks)) __nanosleep(64);
+      }
+      __syncwarp();
+      __threadfence();
+      Welford t{0.0f, 0.0f, 0.0f};
+      const Welford* gp = partial + static_cast<int64_t>(group) * chunks;
+      for (int i = threadIdx.x; i < chunks; i += 32) {
+        const Welford pi{__ldcg(&gp[i].n), __ldcg(&gp[i].mean), __ldcg(&gp[i].m2)};
+        t = merge(t, pi);
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        Welford other{__shfl_xor_sync(0xffffffffu, t.n, o),
+                      __shfl_xor_sync(0xffffffffu, t.mean, o),
+                      __shfl_xor_sync(0xffffffffu, t.m2, o)};
+        t = merge(t, other);
+      }
+      if (threadIdx.x == 0) {
+        stats[0] = t.mean;
+        stats[1] = rsqrtf(t.m2 / t.n + eps);
+      }
+    }
+    __syncthreads();
+    const float mean = stats[0], rstd = stats[1];
+    const int c0 = (group % G) * cg;
+
+    // Normalise the chunk still held on chip.
+    auto emit = [&](const Vec<T>& vv, int i) {
+      const int c = c0 + (begin + i) / S;  // kV divides S: one channel per vector
+      const float mul = (w.p ? w[c] : 1.0f) * rstd;
+      const float add = (b.p ? b[c] : 0.0f) - mean * mul;
+      float v[kV];
+      vv.to_float(v);
+#pragma unroll
+      for (int e = 0; e < kV; ++e) {
+        v[e] = v[e] * mul + add;
+        if constexpr (kSilu) v[e] = apply_activation<ops::Activation::Silu>(v[e]);
+      }
+      Vec<T> o;
+      o.from_float(v);
+      o.store(go + i);
+    };
+#pragma unroll
+    for (int r = 0; r < kRegVecs; ++r) {
+      const int i = onepass_offset<T>(r, kV);
+      if (i < rem) emit(in[r], i);
+    }
+#pragma unroll
+    for (int r = kRegVecs; r < kVecs; ++r) {
+      const int i = onepass_offset<T>(r, kV);
+      if (i < rem) {
+        Vec<T> vv;
+        vv.raw = slot(r);
+        emit(vv, i);
+      }
+    }
+  }
+}
+
+// Lab/test switch: the one-pass kernel's chunk (8 or 16 vectors per thread); 0 = 8 where it
+// fits, else 16.
+std::atomic<int> g_onepass_vecs{0};
+
+// 1: one pass where the shape allows (default); 2: always two passes. -1: not yet read from
+// SD3_GROUPNORM_PASSES.
+std::atomic<int> g_passes{-1};
+
+int groupnorm_passes() {
+  int v = g_passes.load();
+  if (v < 0) {
+    const char* e = std::getenv("SD3_GROUPNORM_PASSES");
+    v = e && std::atoi(e) == 2 ? 2 : 1;
+    g_passes.store(v);
+  }
+  return v;
+}
+
+// Resident blocks of the one-pass kernel on `device`, 0 when cooperative launch is missing.
+template <class T, int kVecs, bool kSilu>
+int onepass_capacity(int device) {
+  static std::atomic<int> cached{-1};  // per instantiation; one value per process (see docs)
+  int v = cached.load();
+  if (v >= 0) return v;
+  int coop = 0;
+  SD3_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
+  int per_sm = 0;
+  SD3_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, group_norm_onepass_kernel<T, kVecs, kSilu>, kOneThreads, 0));
+  v = coop ? per_sm * device_props(device).multiProcessorCount : 0;
+  cached.store(v);
+  return v;
+}
+
+// Chunks per group for kVecs, or 0 when the one-pass kernel with kVecs cannot take the shape
+// (int32 indexing inside a group, with room for a chunk that ends past it; more chunks per
+// group than resident blocks).
+template <class T, int kVecs, bool kSilu>
+int64_t onepass_chunks(int64_t group_elems, int64_t bg, int device) {
+  constexpr int64_t per = onepass_chunk_elems<T, kVecs>();
+  const int64_t chunks = (group_elems + per - 1) / per;
+  if (chunks * bg >= (1LL << 31) || group_elems + per >= (1LL << 31)) return 0;
+  return chunks <= onepass_capacity<T, kVecs, kSilu>(device) ? chunks : 0;
+}
+
+// Runs the one-pass kernel with kVecs when the shape and device allow; false means "not taken".
+template <class T, int kVecs, bool kSilu>
+bool try_onepass(T* out, const T* x, int64_t group_elems, int64_t bg, AnyPtr w, AnyPtr b,
+                 int64_t S, int C, int G, float eps, int device, cudaStream_t st) {
+  const int64_t chunks = onepass_chunks<T, kVecs, kSilu>(group_elems, bg, device);
+  if (chunks == 0) return false;
+  const int64_t total = chunks * bg;
+  const int capacity = onepass_capacity<T, kVecs, kSilu>(device);
+  Scratch partial(device, sizeof(Welford) * total);
+  Scratch sync(device, sizeof(unsigned) * (1 + bg));
+  SD3_CUDA_CHECK(cudaMemsetAsync(sync.get(), 0, sync.bytes(), st));
+  auto* pp = static_cast<Welford*>(partial.get());
+  auto* ps = static_cast<unsigned*>(sync.get());
+  int ielems = static_cast<int>(group_elems), ichunks = static_cast<int>(chunks),
+      itotal = static_cast<int>(total), iS = static_cast<int>(S);
+  void* args[] = {&out, &x, &pp, &ps, &ielems, &ichunks, &itotal, &w, &b, &iS, &C, &G, &eps};
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(total, capacity));
+  const cudaError_t e =
+      cudaLaunchCooperativeKernel(
+          reinterpret_cast<const void*>(group_norm_onepass_kernel<T, kVecs, kSilu>), dim3(grid),
+          dim3(kOneThreads), args, 0, st);
+  if (e == cudaErrorCooperativeLaunchTooLarge) {
+    (void)cudaGetLastError();  // the GPU is shared more than the calculator knew: two passes
+    return false;
+  }
+  SD3_CUDA_CHECK(e);
+  SD3_LAUNCH_CHECK("group_norm_onepass_kernel");
+  return true;
+}
+
 Tensor group_norm_impl(const Tensor& x_in, int64_t groups, const Tensor& weight, const Tensor& bias,
                        float eps, bool silu, const char* op) {
   check_float_input(x_in, op, "x");
@@ -163,16 +459,29 @@ Tensor group_norm_impl(const Tensor& x_in, int64_t groups, const Tensor& weight,
   const int64_t group_elems = (C / groups) * S;
   const int64_t bg = B * groups;
   SD3_CHECK(bg < 65536 && C < (1LL << 31), op, ": ", x.str(), " has too many groups");
-  const int chunks = static_cast<int>((group_elems + kChunk - 1) / kChunk);
-  Scratch partial(x.device().index, sizeof(Welford) * chunks * bg);
+  const int device = x.device().index;
   cudaStream_t st = stream_for(x);
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
     const T* px = static_cast<const T*>(x.raw_data());
     T* po = static_cast<T*>(out.raw_data());
-    auto* pp = static_cast<Welford*>(partial.get());
     constexpr int kV = Vec<T>::kVec;
     const bool vec = S % kV == 0 && aligned16(px) && aligned16(po);
+    const int iC = static_cast<int>(C), iG = static_cast<int>(groups);
+    if (vec && groupnorm_passes() == 1) {
+      const int vecs = g_onepass_vecs.load();
+      auto go = [&](auto silu_const) {
+        constexpr bool kS = decltype(silu_const)::value;
+        return (vecs != 16 && try_onepass<T, 8, kS>(po, px, group_elems, bg, any_ptr(w),
+                                                    any_ptr(b), S, iC, iG, eps, device, st)) ||
+               (vecs != 8 && try_onepass<T, 16, kS>(po, px, group_elems, bg, any_ptr(w),
+                                                    any_ptr(b), S, iC, iG, eps, device, st));
+      };
+      if (silu ? go(std::true_type{}) : go(std::false_type{})) return;
+    }
+    const int chunks = static_cast<int>((group_elems + kChunk - 1) / kChunk);
+    Scratch partial(device, sizeof(Welford) * chunks * bg);
+    auto* pp = static_cast<Welford*>(partial.get());
     const dim3 sgrid(chunks, static_cast<unsigned>(bg));
     if (vec) {
       group_stats_kernel<T, kV><<<sgrid, kStatThreads, 0, st>>>(pp, px, group_elems, chunks);
@@ -186,8 +495,7 @@ Tensor group_norm_impl(const Tensor& x_in, int64_t groups, const Tensor& weight,
       constexpr int E = decltype(e_const)::value;
       constexpr bool kS = decltype(silu_const)::value;
       group_apply_kernel<T, E, kS><<<dim3(gx, static_cast<unsigned>(bg)), 256, 0, st>>>(
-          po, px, pp, chunks, any_ptr(w), any_ptr(b), S, static_cast<int>(C),
-          static_cast<int>(groups), eps);
+          po, px, pp, chunks, any_ptr(w), any_ptr(b), S, iC, iG, eps);
       SD3_LAUNCH_CHECK("group_apply_kernel");
     };
     using V = std::integral_constant<int, kV>;
@@ -202,6 +510,29 @@ Tensor group_norm_impl(const Tensor& x_in, int64_t groups, const Tensor& weight,
 }
 
 }  // namespace
+
+void set_groupnorm_passes(int passes) {
+  g_passes.store(passes == 1 || passes == 2 ? passes : -1);
+}
+
+void set_groupnorm_onepass_vecs(int vecs) {
+  g_onepass_vecs.store(vecs == 8 || vecs == 16 ? vecs : 0);
+}
+
+bool groupnorm_onepass_possible(const Tensor& x, int64_t groups) {
+  if (!x.defined() || x.dim() < 2 || x.numel() == 0 || groups <= 0 || x.size(1) % groups)
+    return false;
+  const int64_t B = x.size(0), C = x.size(1), S = x.numel() / (B * C);
+  bool ok = false;
+  dispatch_float(x.dtype(), "group_norm", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t ge = (C / groups) * S, bg = B * groups;
+    const int dev = x.device().index;
+    ok = S % Vec<T>::kVec == 0 && (onepass_chunks<T, 8, true>(ge, bg, dev) > 0 ||
+                                   onepass_chunks<T, 16, true>(ge, bg, dev) > 0);
+  });
+  return ok;
+}
 
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias,
                   float eps) {

@@ -1,11 +1,13 @@
 // Normalisation CUDA ops against the CPU reference: softmax, layer_norm, rms_norm,
 // adaln_modulate (fused and unfused), group_norm and groupnorm_silu (fused and unfused).
 // Widths cover one element, odd widths (scalar path), SD3's 1536 and widths past one
-// register-resident pass.
+// register-resident pass; group norms run through both designs.
 #include <gtest/gtest.h>
 
 #include "cuda/cuda_test_util.h"
 #include "engine/ops.h"
+#include "kernels/cuda/context.h"
+#include "kernels/cuda/cuda_ops.h"
 
 namespace sd3::cudatest {
 namespace {
@@ -66,27 +68,77 @@ TEST_F(CudaNorm, AdaLnModulateFusedUnfusedAndCpu) {
   }
 }
 
+// Both group-norm designs (Note [One-pass group norm]): one pass where the shape allows, and
+// the two-pass kernels. Shapes: one element per channel, odd spatial sizes (scalar path),
+// groups of one chunk, of several chunks with a partial last one, batches of many small groups
+// (more chunks than blocks resident: tickets recycled), and the VAE's 1024x1024 GroupNorm
+// inputs at 128 and 256 channels (256 and 512 chunks of 32 KB per group in bf16: the second
+// takes 64 KB chunks).
+class PassesScope {
+ public:
+  PassesScope(int passes, int vecs) {
+    cuda::set_groupnorm_passes(passes);
+    cuda::set_groupnorm_onepass_vecs(vecs);
+  }
+  ~PassesScope() {
+    cuda::set_groupnorm_passes(0);
+    cuda::set_groupnorm_onepass_vecs(0);
+  }
+};
+
 TEST_F(CudaNorm, GroupNormAndGroupNormSilu) {
-  for (DType dt : float_dtypes()) {
-    for (const Shape& s :
-         {Shape{2, 64, 1, 1}, Shape{1, 64, 7, 9}, Shape{2, 128, 64, 64}, Shape{1, 32, 256, 256}}) {
-      SCOPED_TRACE(dname(dt) + " " + shape_str(s));
-      const int64_t C = s[1];
-      const int64_t n = (C / 32) * s[2] * s[3];
-      Tensor x = randn(s, dt, 1.0f, 2.0f);
-      Tensor w = randn({C}, dt), b = randn({C}, dt);
-      expect_close(ops::group_norm(gpu(x), 32, gpu(w), gpu(b), 1e-6f),
-                   ops::group_norm(f32(x), 32, f32(w), f32(b), 1e-6f), dt, {0, n, 0}, "group_norm");
-      Tensor ref = ops::groupnorm_silu(f32(x), 32, f32(w), f32(b), 1e-6f);
-      expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f), ref, dt, {0, n, 0},
-                   "groupnorm_silu fused");
-      Fusion f;
-      f.groupnorm = false;
-      FusionScope scope(f);
-      expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f), ref, dt, {1, n, 0},
-                   "groupnorm_silu unfused");
+  const std::vector<Shape> shapes = {Shape{2, 64, 1, 1},    Shape{1, 64, 7, 9},
+                                     Shape{2, 128, 64, 64}, Shape{1, 32, 256, 256},
+                                     Shape{1, 32, 130, 130}, Shape{6, 96, 5, 8}};
+  struct Variant {
+    int passes, vecs;  // vecs: the one-pass kernel's chunk, 8 or 16 vectors per thread
+  };
+  for (Variant v : {Variant{1, 8}, Variant{1, 16}, Variant{2, 0}}) {
+    PassesScope ps(v.passes, v.vecs);
+    const std::string variant =
+        " passes " + std::to_string(v.passes) + " vecs " + std::to_string(v.vecs);
+    for (DType dt : float_dtypes()) {
+      for (const Shape& s : shapes) {
+        SCOPED_TRACE(dname(dt) + " " + shape_str(s) + variant);
+        const int64_t C = s[1];
+        const int64_t n = (C / 32) * s[2] * s[3];
+        Tensor x = randn(s, dt, 1.0f, 2.0f);
+        Tensor w = randn({C}, dt), b = randn({C}, dt);
+        expect_close(ops::group_norm(gpu(x), 32, gpu(w), gpu(b), 1e-6f),
+                     ops::group_norm(f32(x), 32, f32(w), f32(b), 1e-6f), dt, {0, n, 0},
+                     "group_norm");
+        Tensor ref = ops::groupnorm_silu(f32(x), 32, f32(w), f32(b), 1e-6f);
+        expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f), ref, dt, {0, n, 0},
+                     "groupnorm_silu fused");
+        Fusion f;
+        f.groupnorm = false;
+        FusionScope scope(f);
+        expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f), ref, dt, {1, n, 0},
+                     "groupnorm_silu unfused");
+      }
     }
   }
+}
+
+TEST_F(CudaNorm, GroupNormSiluVaeSizes) {
+  // A GPU with fewer resident blocks than a group's chunks falls back to two passes; a Hopper
+  // part (114-132 SMs x 3 blocks) takes the VAE's 1024x1024 inputs in one pass.
+  if (cuda::device_props(0).major == 9) {
+    for (const Shape& s : {Shape{1, 128, 1024, 1024}, Shape{1, 256, 1024, 1024}}) {
+      Tensor e = Tensor::empty(s, DType::BF16, Device::cuda(0));
+      EXPECT_TRUE(cuda::groupnorm_onepass_possible(e, 32))
+          << shape_str(s) << ": one pass expected on this GPU";
+    }
+  }
+  // 1M elements per group (64 chunks), checked whole.
+  const DType dt = DType::BF16;
+  const Shape s{1, 128, 512, 512};
+  const int64_t n = 4 * 512 * 512;
+  Tensor x = randn(s, dt, 1.0f, 2.0f);
+  Tensor w = randn({128}, dt), b = randn({128}, dt);
+  expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f),
+               ops::groupnorm_silu(f32(x), 32, f32(w), f32(b), 1e-6f), dt, {0, n, 0},
+               "groupnorm_silu");
 }
 
 }  // namespace

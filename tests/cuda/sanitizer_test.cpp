@@ -6,6 +6,7 @@
 
 #include "cuda/cuda_test_util.h"
 #include "engine/ops.h"
+#include "kernels/cuda/cuda_ops.h"
 
 namespace sd3::cudatest {
 namespace {
@@ -49,19 +50,32 @@ TEST_F(CudaSanitize, RowNormsSmall) {
   }
 }
 
+// The one-pass kernel with 32 KB and with 64 KB chunks (tickets, cross-block publication,
+// cp.async staging), then the two-pass kernels. bf16 and f32: vectors of 8 and 4.
 TEST_F(CudaSanitize, GroupNormSeveralChunks) {
-  for (DType dt : {DType::BF16, DType::F32}) {
-    Tensor x = randn({1, 32, 130, 130}, dt, 1.0f, 1.0f);  // 16900 per group: two chunks
-    Tensor w = randn({32}, dt), b = randn({32}, dt);
-    expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f),
-                 ops::groupnorm_silu(f32(x), 32, f32(w), f32(b), 1e-6f), dt, {0, 16900, 0},
-                 "groupnorm_silu");
-    Tensor y = randn({1, 64, 3, 5}, dt);  // scalar path (S = 15)
-    Tensor w2 = randn({64}, dt), b2 = randn({64}, dt);
-    expect_close(ops::group_norm(gpu(y), 32, gpu(w2), gpu(b2), 1e-6f),
-                 ops::group_norm(f32(y), 32, f32(w2), f32(b2), 1e-6f), dt, {0, 30, 0},
-                 "group_norm");
+  struct Variant {
+    int passes, vecs;
+  };
+  for (Variant v : {Variant{1, 8}, Variant{1, 16}, Variant{2, 0}}) {
+    cuda::set_groupnorm_passes(v.passes);
+    cuda::set_groupnorm_onepass_vecs(v.vecs);
+    for (DType dt : {DType::BF16, DType::F32}) {
+      SCOPED_TRACE(dname(dt) + " passes " + std::to_string(v.passes) + " vecs " +
+                   std::to_string(v.vecs));
+      Tensor x = randn({1, 32, 130, 130}, dt, 1.0f, 1.0f);  // 16900 per group: several chunks
+      Tensor w = randn({32}, dt), b = randn({32}, dt);
+      expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f),
+                   ops::groupnorm_silu(f32(x), 32, f32(w), f32(b), 1e-6f), dt, {0, 16900, 0},
+                   "groupnorm_silu");
+      Tensor y = randn({1, 64, 3, 5}, dt);  // scalar path (S = 15)
+      Tensor w2 = randn({64}, dt), b2 = randn({64}, dt);
+      expect_close(ops::group_norm(gpu(y), 32, gpu(w2), gpu(b2), 1e-6f),
+                   ops::group_norm(f32(y), 32, f32(w2), f32(b2), 1e-6f), dt, {0, 30, 0},
+                   "group_norm");
+    }
   }
+  cuda::set_groupnorm_passes(0);
+  cuda::set_groupnorm_onepass_vecs(0);
 }
 
 TEST_F(CudaSanitize, StepsAndLayoutsSmall) {
