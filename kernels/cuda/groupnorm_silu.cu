@@ -40,6 +40,8 @@
 // group's chunk count is at most R (R = resident blocks, from the occupancy calculator), and
 // the cooperative launch guarantees that all R blocks run together (it fails rather than
 // oversubscribe; the host then falls back to two passes).
+// Should co-residency ever fail anyway, a wait of 20 s traps: the launch fails with an error
+// (reported at the next check) rather than hanging.
 // Memory ordering: the publishing thread stores its partial, __threadfence()s, then increments
 // the count; the waiting lane reads the count with ld.acquire.gpu, and the merging warp reads
 // partials through L2 (__ldcg) after a fence, so it never sees a stale partial.
@@ -189,6 +191,13 @@ constexpr int64_t onepass_chunk_elems() {
   return static_cast<int64_t>(kOneThreads) * kVecs * Vec<T>::kVec;
 }
 
+__device__ __forceinline__ uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+constexpr uint64_t kWaitLimitNs = 20ull * 1000 * 1000 * 1000;  // 20 s
+
 __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
@@ -309,7 +318,13 @@ __global__ void __launch_bounds__(kOneThreads, 3)
         partial[ticket] = chunk_stats;
         __threadfence();
         atomicAdd(&sync[1 + group], 1u);
-        while (load_acquire(&sync[1 + group]) < static_cast<unsigned>(chunks)) __nanosleep(64);
+        const uint64_t t0 = global_ns();
+        while (load_acquire(&sync[1 + group]) < static_cast<unsigned>(chunks)) {
+          __nanosleep(64);
+          // A wait this long means the residency assumption broke (e.g. a tool serialising
+          // blocks): fail the launch with an error instead of hanging the process.
+          if (global_ns() - t0 > kWaitLimitNs) __trap();
+        }
       }
       __syncwarp();
       __threadfence();
