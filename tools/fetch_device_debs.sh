@@ -3,7 +3,8 @@
 # machine lacks to build sd3 and run its CUDA tests and benchmarks, into .deb/ at the
 # repository root (git-ignored). tools/device_check.sh unpacks them with `dpkg -x` into a
 # private prefix there; nothing is installed. Carry the folder with the device call
-# (carry: [".deb"]). About 16 MB.
+# (carry: [".deb"]). About 61 MB with the fixtures copy below: check `du -sh .deb` and the
+# 64 MiB limit on what a device call carries (the source tree counts too).
 #
 # The packages are Debian 12's (glibc 2.36): their libraries also load on newer systems
 # (the GPU image is Ubuntu 24.04-like, glibc 2.39).
@@ -17,7 +18,8 @@ pkgs=(
   libopenblas-dev libopenblas-pthread-dev libopenblas0-pthread libgfortran5 libquadmath0
   libsentencepiece-dev libsentencepiece0
   libutf8proc-dev libutf8proc2
-  libpng-dev libpng16-16 zlib1g-dev zlib1g
+  libpng-dev libpng16-16 zlib1g-dev
+  pkgconf-bin libpkgconf3                        # pkg-config, if the GPU image has none
 )
 mkdir -p "$dest"
 cd "$dest"
@@ -39,6 +41,14 @@ if [ -d "$shared/fixtures" ]; then
   cp "$shared/tokenizers/t5/spiece.model" "$dest/shared/tokenizers/t5/"
 else
   echo "fetch_device_debs: no fixtures at $shared (set SD3_SHARED): fixture tests will fail there" >&2
+fi
+# cuDNN's headers, in case the GPU image's cuDNN (PyTorch's nvidia-cudnn wheel) ships none;
+# under 1 MB. device_check.sh uses them only when no cudnn.h is found there.
+rm -rf "$dest/cudnn-include"
+inc="$(dirname "$(ls /usr/local/cuda/include/cudnn.h /usr/include/cudnn.h /usr/include/x86_64-linux-gnu/cudnn.h 2>/dev/null | head -1)")"
+if [ -f "$inc/cudnn.h" ]; then
+  mkdir -p "$dest/cudnn-include"
+  cp "$inc"/cudnn*.h "$dest/cudnn-include/"
 fi
 du -sh "$dest"
 ls "$dest"/*.deb | wc -l
