@@ -72,26 +72,49 @@ __device__ __forceinline__ Welford merge(Welford a, Welford b) {
   return Welford{n, a.mean + d * f, a.m2 + b.m2 + d * d * a.n * f};
 }
 
-// Per thread: sums of (v - K) and (v - K)^2 with K the thread's first value (the shift keeps
-// the one-pass variance from cancelling), turned into (n, mean, M2) before the merges.
-template <class T, int E>
-__global__ void group_stats_kernel(Welford* __restrict__ partial, const T* __restrict__ x,
-                                   int64_t group_elems, int chunks) {
-  __shared__ Welford red[kStatThreads / 32];
-  const int chunk = blockIdx.x, group = blockIdx.y;
-  const T* gx = x + static_cast<int64_t>(group) * group_elems;
-  const int64_t begin = chunk * kChunk;
-  const int64_t end = min(group_elems, begin + kChunk);
+// Merges w across the warp (every lane gets the result).
+__device__ __forceinline__ Welford warp_welford(Welford w) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    Welford other{__shfl_xor_sync(0xffffffffu, w.n, o), __shfl_xor_sync(0xffffffffu, w.mean, o),
+                  __shfl_xor_sync(0xffffffffu, w.m2, o)};
+    w = merge(w, other);
+  }
+  return w;
+}
+
+// Reduces per-thread partials to one Welford in thread 0 (others get garbage). `red` holds
+// one entry per warp and is free for reuse after the caller's next barrier.
+__device__ __forceinline__ Welford block_welford(Welford w, Welford* red) {
+  w = warp_welford(w);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = w;
+  __syncthreads();
+  Welford t = red[0];
+  if (threadIdx.x == 0)
+    for (int i = 1; i < static_cast<int>(blockDim.x >> 5); ++i) t = merge(t, red[i]);
+  return t;
+}
+
+// Called by one whole warp: merges a group's `chunks` partials (a strided share per lane,
+// read through L2, then shuffles) and has lane 0 store mean and 1/sqrt(var + eps) in stats.
+__device__ __forceinline__ void merge_group_stats(const Welford* gp, int chunks, float eps,
+                                                  float* stats) {
+  Welford t{0.0f, 0.0f, 0.0f};
+  for (int i = threadIdx.x & 31; i < chunks; i += 32)
+    t = merge(t, Welford{__ldcg(&gp[i].n), __ldcg(&gp[i].mean), __ldcg(&gp[i].m2)});
+  t = warp_welford(t);
+  if ((threadIdx.x & 31) == 0) {
+    stats[0] = t.mean;
+    stats[1] = rsqrtf(t.m2 / t.n + eps);
+  }
+}
+
+// One thread's statistics: sums of (v - K) and (v - K)^2 with K the thread's first value (the
+// shift keeps the one-pass variance from cancelling), turned into (n, mean, M2) for merging.
+struct ShiftedSums {
   float n = 0.0f, shift = 0.0f, s1 = 0.0f, s2 = 0.0f;
-  for (int64_t i = begin + threadIdx.x * E; i < end; i += blockDim.x * E) {
-    float v[E];
-    if constexpr (E > 1) {
-      Vec<T> in;
-      in.load_nc(gx + i);
-      in.to_float(v);
-    } else {
-      v[0] = to_f32(gx[i]);
-    }
+  template <int E>
+  __device__ __forceinline__ void add(const float (&v)[E]) {
     if (n == 0.0f) shift = v[0];
 #pragma unroll
     for (int e = 0; e < E; ++e) {
@@ -101,25 +124,39 @@ __global__ void group_stats_kernel(Welford* __restrict__ partial, const T* __res
     }
     n += E;
   }
-  Welford w{n, 0.0f, 0.0f};
-  if (n > 0.0f) {
-    const float dm = s1 / n;
-    w.mean = shift + dm;
-    w.m2 = fmaxf(s2 - s1 * dm, 0.0f);
+  __device__ __forceinline__ Welford welford() const {
+    Welford w{n, 0.0f, 0.0f};
+    if (n > 0.0f) {
+      const float dm = s1 / n;
+      w.mean = shift + dm;
+      w.m2 = fmaxf(s2 - s1 * dm, 0.0f);
+    }
+    return w;
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    Welford other{__shfl_xor_sync(0xffffffffu, w.n, o), __shfl_xor_sync(0xffffffffu, w.mean, o),
-                  __shfl_xor_sync(0xffffffffu, w.m2, o)};
-    w = merge(w, other);
+};
+
+template <class T, int E>
+__global__ void group_stats_kernel(Welford* __restrict__ partial, const T* __restrict__ x,
+                                   int64_t group_elems, int chunks) {
+  __shared__ Welford red[kStatThreads / 32];
+  const int chunk = blockIdx.x, group = blockIdx.y;
+  const T* gx = x + static_cast<int64_t>(group) * group_elems;
+  const int64_t begin = chunk * kChunk;
+  const int64_t end = min(group_elems, begin + kChunk);
+  ShiftedSums sums;
+  for (int64_t i = begin + threadIdx.x * E; i < end; i += blockDim.x * E) {
+    float v[E];
+    if constexpr (E > 1) {
+      Vec<T> in;
+      in.load_nc(gx + i);
+      in.to_float(v);
+    } else {
+      v[0] = to_f32(gx[i]);
+    }
+    sums.add(v);
   }
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = w;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    Welford t = red[0];
-    for (int i = 1; i < kStatThreads / 32; ++i) t = merge(t, red[i]);
-    partial[static_cast<int64_t>(group) * chunks + chunk] = t;
-  }
+  const Welford t = block_welford(sums.welford(), red);
+  if (threadIdx.x == 0) partial[static_cast<int64_t>(group) * chunks + chunk] = t;
 }
 
 template <class T, int E, bool kSilu>
@@ -128,22 +165,8 @@ __global__ void group_apply_kernel(T* __restrict__ out, const T* __restrict__ x,
                                    AnyPtr b, int64_t S, int C, int G, float eps) {
   __shared__ float stats[2];
   const int group = blockIdx.y;  // b * G + g
-  if (threadIdx.x < 32) {
-    // The first warp merges the group's partials: a strided share per lane, then shuffles.
-    Welford t{0.0f, 0.0f, 0.0f};
-    for (int i = threadIdx.x; i < chunks; i += 32)
-      t = merge(t, partial[static_cast<int64_t>(group) * chunks + i]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      Welford other{__shfl_xor_sync(0xffffffffu, t.n, o), __shfl_xor_sync(0xffffffffu, t.mean, o),
-                    __shfl_xor_sync(0xffffffffu, t.m2, o)};
-      t = merge(t, other);
-    }
-    if (threadIdx.x == 0) {
-      stats[0] = t.mean;
-      stats[1] = rsqrtf(t.m2 / t.n + eps);
-    }
-  }
+  if (threadIdx.x < 32)  // the first warp merges the group's partials
+    merge_group_stats(partial + static_cast<int64_t>(group) * chunks, chunks, eps, stats);
   __syncthreads();
   const float mean = stats[0], rstd = stats[1];
   const int cg = C / G;
@@ -204,23 +227,6 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
   return v;
 }
 
-// Reduces per-thread partials to one Welford in thread 0 (others get garbage). Ends with the
-// scratch free for reuse only after the caller's next barrier.
-__device__ __forceinline__ Welford block_welford(Welford w, Welford* red) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    Welford other{__shfl_xor_sync(0xffffffffu, w.n, o), __shfl_xor_sync(0xffffffffu, w.mean, o),
-                  __shfl_xor_sync(0xffffffffu, w.m2, o)};
-    w = merge(w, other);
-  }
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = w;
-  __syncthreads();
-  Welford t = red[0];
-  if (threadIdx.x == 0)
-    for (int i = 1; i < static_cast<int>(blockDim.x >> 5); ++i) t = merge(t, red[i]);
-  return t;
-}
-
 // One 16-byte vector of the chunk a thread holds, with its place in the group.
 template <class T>
 __device__ __forceinline__ int onepass_offset(int r, int kV) {
@@ -278,39 +284,25 @@ __global__ void __launch_bounds__(kOneThreads, 3)
     }
     if constexpr (kSmemVecs > 0) asm volatile("cp.async.wait_all;\n" ::: "memory");
 
-    // Shifted sums as in group_stats_kernel (the shift is the thread's first value, r = 0:
-    // the first valid vector when any is).
-    float n = 0.0f, shift = 0.0f, s1 = 0.0f, s2 = 0.0f;
-    auto accumulate = [&](const Vec<T>& vv, bool first) {
+    // Statistics as in group_stats_kernel (the shift is the first valid vector's first value).
+    ShiftedSums sums;
+    auto accumulate = [&](const Vec<T>& vv) {
       float v[kV];
       vv.to_float(v);
-      if (first) shift = v[0];
-#pragma unroll
-      for (int e = 0; e < kV; ++e) {
-        const float d = v[e] - shift;
-        s1 += d;
-        s2 += d * d;
-      }
-      n += kV;
+      sums.add(v);
     };
 #pragma unroll
     for (int r = 0; r < kRegVecs; ++r)
-      if (onepass_offset<T>(r, kV) < rem) accumulate(in[r], r == 0);
+      if (onepass_offset<T>(r, kV) < rem) accumulate(in[r]);
 #pragma unroll
     for (int r = kRegVecs; r < kVecs; ++r) {
       if (onepass_offset<T>(r, kV) < rem) {
         Vec<T> vv;
         vv.raw = slot(r);
-        accumulate(vv, false);
+        accumulate(vv);
       }
     }
-    Welford mine{n, 0.0f, 0.0f};
-    if (n > 0.0f) {
-      const float dm = s1 / n;
-      mine.mean = shift + dm;
-      mine.m2 = fmaxf(s2 - s1 * dm, 0.0f);
-    }
-    const Welford chunk_stats = block_welford(mine, red);
+    const Welford chunk_stats = block_welford(sums.welford(), red);
 
     // Publish, wait for the group, merge its partials (warp 0).
     if (threadIdx.x < 32) {
@@ -328,23 +320,7 @@ __global__ void __launch_bounds__(kOneThreads, 3)
       }
       __syncwarp();
       __threadfence();
-      Welford t{0.0f, 0.0f, 0.0f};
-      const Welford* gp = partial + static_cast<int64_t>(group) * chunks;
-      for (int i = threadIdx.x; i < chunks; i += 32) {
-        const Welford pi{__ldcg(&gp[i].n), __ldcg(&gp[i].mean), __ldcg(&gp[i].m2)};
-        t = merge(t, pi);
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        Welford other{__shfl_xor_sync(0xffffffffu, t.n, o),
-                      __shfl_xor_sync(0xffffffffu, t.mean, o),
-                      __shfl_xor_sync(0xffffffffu, t.m2, o)};
-        t = merge(t, other);
-      }
-      if (threadIdx.x == 0) {
-        stats[0] = t.mean;
-        stats[1] = rsqrtf(t.m2 / t.n + eps);
-      }
+      merge_group_stats(partial + static_cast<int64_t>(group) * chunks, chunks, eps, stats);
     }
     __syncthreads();
     const float mean = stats[0], rstd = stats[1];
