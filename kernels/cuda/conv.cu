@@ -1,5 +1,5 @@
 // conv2d through cuDNN (VAE convolutions, patch embedding): NCHW tensors, cross-correlation,
-// f32 accumulation; the bias is added by cudnnAddTensor in place.
+// f32 accumulation; the bias is added in place afterwards (add_channel_bias_kernel).
 //
 // FLOPs: 2 B Cout Ho Wo Cin kh kw. Bytes: x, w and y once each at best.
 //
@@ -7,11 +7,23 @@
 // The first call for a shape (dtype, sizes, stride, padding) runs cudnnFindConvolutionForward-
 // AlgorithmEx on the real buffers with a workspace of at most kFindWorkspace bytes and caches
 // the fastest algorithm that succeeded, with its workspace size. Later calls take the cached
-// algorithm and a workspace from the caching allocator. Math: tensor-op math for f16/bf16;
-// plain FMA for f32 (no silent TF32). When cuDNN has no algorithm for a half-precision
-// shape (bf16 NCHW support varies by version), the shape is cached as "compute in f32" and
-// runs on f32 copies, converted back: slower, never wrong. Asymmetric padding (which cuDNN
-// does not take) is applied by pad2d first. The bias is added in place by a small kernel of
+// algorithm and a workspace from the caching allocator.
+//
+// Math: the search runs with tensor-op math allowed for f16/bf16 and FMA math for f32. Each
+// result names the math type it was timed with (perf.mathType), and the workspace it reports
+// (perf.memory) is that variant's, so the plan stores the math type and every later call sets
+// it on the descriptor before cudnnConvolutionForward: the kernel that runs is the one timed.
+// f32 takes only results timed with CUDNN_FMA_MATH. CUDNN_DEFAULT_MATH is not enough: on
+// Ampere and later it lets cuDNN run f32 data through TF32 tensor cores (10-bit mantissa),
+// while FMA math is restricted to FMA instructions, i.e. true f32 (this is why frameworks that
+// disable TF32 set FMA math for f32 convolutions). No dtype takes
+// CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, which may down-convert operands to f16 (bf16's range
+// would be lost).
+//
+// When cuDNN has no algorithm for a half-precision shape (bf16 NCHW support varies by
+// version), the shape is cached as "compute in f32" and runs on f32 copies, converted back:
+// slower, never wrong. Asymmetric padding (which cuDNN does not take) is applied by pad2d
+// first. The bias is added in place by a small kernel of
 // ours (one pass over y) rather than cudnnAddTensor, whose bf16 support is not documented.
 #include <map>
 #include <mutex>
@@ -39,7 +51,8 @@ cudnnDataType_t dnn_type(DType t) {
 struct ConvPlan {
   bool use_f32 = false;  // no algorithm in the tensor's own dtype: compute on f32 copies
   cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-  size_t workspace = 0;
+  cudnnMathType_t math = CUDNN_FMA_MATH;  // the math type `algo` was timed with
+  size_t workspace = 0;                   // bytes `algo` needs under `math`
 };
 
 using ConvKey = std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
@@ -99,8 +112,17 @@ void set_descs(DnnDescs& d, DType dt, const Tensor& x, const Tensor& w, int64_t 
   SD3_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(
       d.conv, as_int(pad_h, "padding"), as_int(pad_w, "padding"), as_int(stride, "stride"),
       as_int(stride, "stride"), 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+  // The math types the search may try; the one that runs is the plan's (Note [cuDNN algorithm
+  // cache]).
   SD3_CUDNN_CHECK(cudnnSetConvolutionMathType(
       d.conv, dt == DType::F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
+}
+
+// Whether a search result timed with math type `m` may run on `dt` data: true f32 only for f32
+// (Note [cuDNN algorithm cache]), and never a conversion of the operands.
+bool math_allowed(DType dt, cudnnMathType_t m) {
+  if (dt == DType::F32) return m == CUDNN_FMA_MATH;
+  return m != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
 }
 
 // Finds the fastest algorithm for these descriptors; false when none works.
@@ -117,8 +139,10 @@ bool find_algo(int dev, DnnDescs& d, const Tensor& x, const Tensor& w, Tensor& y
     return false;
   SD3_CUDNN_CHECK(s);
   for (int i = 0; i < found; ++i) {  // sorted fastest first
-    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kFindWorkspace) {
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= kFindWorkspace &&
+        math_allowed(x.dtype(), perf[i].mathType)) {
       plan->algo = perf[i].algo;
+      plan->math = perf[i].mathType;
       plan->workspace = perf[i].memory;
       return true;
     }
@@ -188,7 +212,9 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in,
   if (!have) {
     set_descs(d, dt, x, w, ph, pw, opt.stride, yshape);
     if (!find_algo(dev, d, x, w, y, &plan)) {
-      SD3_CHECK(dt != DType::F32, "conv2d: cuDNN has no algorithm for ", x.str(), " * ", w.str());
+      SD3_CHECK(dt != DType::F32,
+                "conv2d: cuDNN has no f32 algorithm with FMA math (TF32 excluded) for ", x.str(),
+                " * ", w.str());
       plan.use_f32 = true;
     }
     std::lock_guard<std::mutex> lock(cache.mu);
@@ -201,6 +227,8 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in,
     return cast(y32, dt);
   }
   set_descs(d, dt, x, w, ph, pw, opt.stride, yshape);
+  // Run the variant that was timed: its math type, with the workspace it reported.
+  SD3_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv, plan.math));
   Scratch ws(dev, plan.workspace);
   const float one = 1.0f, zero = 0.0f;
   SD3_CUDNN_CHECK(cudnnConvolutionForward(h, &one, d.x, x.raw_data(), d.w, w.raw_data(), d.conv,
