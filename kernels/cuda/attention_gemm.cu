@@ -8,6 +8,11 @@
 // (the VAE's single 512-wide head). Queries are processed in chunks so that the f32 scores
 // never exceed kScoreBytes. Bytes: the scores make it O(Lq Lk H) in memory traffic, which is
 // the point of the flash kernel; FLOPs 4 B H Lq Lk D, as the flash kernel.
+//
+// cuBLASLt may have no f16/bf16 algorithm for a product whose leading dimensions or batch
+// strides are not multiples of 8 elements (P v with lda = Lk = 65, say). Then the whole
+// attention is recomputed on f32 copies of q, k, v and rounded once, as linear and matmul do;
+// only when f32 has no algorithm either is it an error.
 #include <algorithm>
 #include <cmath>
 
@@ -102,17 +107,13 @@ AttnShape attention_shape(const Tensor& q, const Tensor& k, const Tensor& v,
   return s;
 }
 
-Tensor attention_gemm(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
-                      const AttentionOptions& opt) {
-  Tensor q, k, v, bias;
-  const AttnShape s = attention_shape(q_in, k_in, v_in, opt, &q, &k, &v, &bias);
+namespace {
+
+// Fills out chunk by chunk; false (out partly written) when cuBLASLt has no algorithm for one
+// of the products.
+bool attention_chunks(const AttnShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                      const Tensor& bias, Tensor& out) {
   const DType dt = q.dtype();
-  Tensor out = Tensor::empty({s.B, s.Lq, s.H * s.D}, dt, q.device());
-  if (out.numel() == 0) return out;
-  if (s.Lk == 0) {
-    out.fill(0.0f);
-    return out;
-  }
   const int dev = q.device().index;
   const int64_t Lc = std::max<int64_t>(1, std::min(s.Lq, kScoreBytes / 4 / (s.H * s.Lk)));
   SD3_CHECK(s.H * Lc < (1LL << 31) && s.Lk < (1LL << 31), "attention: ", s.H, " heads x ", s.Lk,
@@ -142,7 +143,7 @@ Tensor attention_gemm(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in
       g.stride_c = n * s.Lk;
       g.ab = dt;
       g.cd = DType::F32;
-      gemm(g);
+      if (!try_gemm(g)) return false;
       AnyPtr bp = any_ptr(bias);
       if (bp.p) {
         bp.p = static_cast<const char*>(bp.p) + b * s.bias_sb * dtype_size(bias.dtype());
@@ -172,10 +173,32 @@ Tensor attention_gemm(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in
       o.ldc = s.H * s.D;
       o.stride_c = s.D;
       o.ab = o.cd = dt;
-      gemm(o);
+      if (!try_gemm(o)) return false;
     }
   }
-  return out;
+  return true;
+}
+
+}  // namespace
+
+Tensor attention_gemm(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                      const AttentionOptions& opt) {
+  Tensor q, k, v, bias;
+  const AttnShape s = attention_shape(q_in, k_in, v_in, opt, &q, &k, &v, &bias);
+  const DType dt = q.dtype();
+  Tensor out = Tensor::empty({s.B, s.Lq, s.H * s.D}, dt, q.device());
+  if (out.numel() == 0) return out;
+  if (s.Lk == 0) {
+    out.fill(0.0f);
+    return out;
+  }
+  if (attention_chunks(s, q, k, v, bias, out)) return out;
+  SD3_CHECK(dt != DType::F32, "attention: cuBLASLt has no f32 algorithm for q ", q.str(), ", k ",
+            k.str(), " with ", s.H, " heads of ", s.D);
+  // No half-precision algorithm for one of the products: compute in f32, round once. The bias
+  // is read in its own dtype by the softmax kernel either way.
+  return cast(attention_gemm(cast(q, DType::F32), cast(k, DType::F32), cast(v, DType::F32), opt),
+              dt);
 }
 
 }  // namespace sd3::cuda
