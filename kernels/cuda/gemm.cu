@@ -11,9 +11,18 @@
 // Note [cuBLASLt algorithm cache]
 // The heuristic query costs tens of microseconds, so its answer is cached per shape, dtype,
 // epilogue and operand alignment (cuBLASLt assumes 256-byte aligned operands unless told;
-// the real alignment of each pointer is passed as a preference and is part of the key). The
+// the real alignment of each operand is passed as a preference and is part of the key). The
 // workspace (32 MiB per device) comes once from the caching allocator. A half-precision
 // shape cuBLASLt has no algorithm for (odd leading dimensions) is computed in f32 and rounded.
+//
+// Note [Batched operand alignment]
+// In a strided batch, matrix i of an operand starts at ptr + i * stride * element size, so the
+// alignment every matrix keeps is the largest power of two dividing both the base address and
+// the stride in bytes: attention's per-head output stride of D = 80 bf16 elements is 160 B,
+// only 32-byte aligned even when the base is 256-byte aligned. That minimum is what is
+// declared for A, B and C/D when batch > 1. The bias vector of an epilogue is read with wide
+// loads too: one not 16-byte aligned (a slice of a larger tensor) is first copied into a
+// fresh block, which the allocator hands out 256-byte aligned.
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -42,6 +51,16 @@ uint32_t alignment(const void* p) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   uint32_t al = 256;
   while (al > 1 && (a % al) != 0) al >>= 1;
+  return al;
+}
+
+// The alignment every matrix of a strided batch keeps: Note [Batched operand alignment]. A
+// stride of 0 (one matrix shared by the whole batch) costs nothing.
+uint32_t batch_alignment(const void* p, int64_t batch, int64_t stride, DType dt) {
+  uint32_t al = alignment(p);
+  if (batch <= 1 || stride == 0) return al;
+  const uint64_t bytes = static_cast<uint64_t>(stride < 0 ? -stride : stride) * dtype_size(dt);
+  while (al > 1 && (bytes % al) != 0) al >>= 1;
   return al;
 }
 
@@ -115,9 +134,18 @@ bool try_gemm(const GemmDesc& d) {
   }
   SD3_CUBLAS_CHECK(
       cublasLtMatmulDescSetAttribute(ds.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-  if (d.bias) {
-    SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(ds.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                    &d.bias, sizeof d.bias));
+  // A bias not 16-byte aligned is read from an aligned copy: Note [Batched operand alignment].
+  const void* bias = d.bias;
+  Scratch bias_copy;
+  if (bias && alignment(bias) < 16) {
+    const size_t bytes = static_cast<size_t>(d.N) * dtype_size(d.cd);
+    bias_copy = Scratch(d.device, bytes);
+    SD3_CUDA_CHECK(cudaMemcpyAsync(bias_copy.get(), bias, bytes, cudaMemcpyDeviceToDevice, st));
+    bias = bias_copy.get();
+  }
+  if (bias) {
+    SD3_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(ds.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                    sizeof bias));
   }
   // Operand "A" of cuBLASLt is our B: stored [N, K] (col-major K x N, ld ldb, transposed)
   // or [K, N] (col-major N x K, ld ldb).
@@ -133,8 +161,11 @@ bool try_gemm(const GemmDesc& d) {
   set_batch(ds.c, d.batch, d.stride_c);
 
   LtCache& cache = lt_cache();
-  const uint32_t al_a = alignment(d.b), al_b = alignment(d.a), al_c = alignment(d.c),
-                 al_bias = d.bias ? alignment(d.bias) : 256;
+  // cuBLASLt's "A" is our B and its "B" our A (see the top of the file).
+  const uint32_t al_a = batch_alignment(d.b, d.batch, d.stride_b, d.ab),
+                 al_b = batch_alignment(d.a, d.batch, d.stride_a, d.ab),
+                 al_c = batch_alignment(d.c, d.batch, d.stride_c, d.cd),
+                 al_bias = bias ? alignment(bias) : 256;
   const AlgoKey key{d.device,
                     d.M,
                     d.N,
