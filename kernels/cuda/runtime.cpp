@@ -12,6 +12,7 @@
 #include "kernels/cuda/runtime.h"
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -174,7 +175,9 @@ bool direct_alloc() {
 
 }  // namespace
 
-void set_alloc_poison(bool on) { poison_flag().store(on); }
+void set_alloc_poison(bool on) {
+  poison_flag().store(on);
+}
 
 bool runtime_available() {
   return availability().ok;
@@ -284,9 +287,23 @@ void free(int device, void* p, size_t bytes) {
   s.current -= block;
   note_stats(-static_cast<long long>(block), 0);
   if (direct_alloc()) {
-    SD3_CUDA_CHECK(cudaSetDevice(device));
-    SD3_CUDA_CHECK(cudaStreamSynchronize(s.stream));
-    SD3_CUDA_CHECK(cudaFree(p));
+    // free() runs from destructors (~Storage, ~Scratch), often while an exception from a
+    // faulting kernel unwinds: after a device fault every call returns the sticky error, and a
+    // throw here would end the process in std::terminate before the fault is reported (a
+    // sanitizer run would stop at its first faulty kernel). So codes are reported, not thrown:
+    // one line for the first failure; the later ones are the same fault.
+    cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s.stream);
+    const cudaError_t ef = cudaFree(p);
+    if (e == cudaSuccess) e = ef;
+    if (e != cudaSuccess) {
+      static std::atomic<bool> reported{false};
+      if (!reported.exchange(true))
+        std::fprintf(stderr,
+                     "sd3: CUDA error %s (%s) freeing %zu bytes on cuda:%d "
+                     "(SD3_CUDA_ALLOC=direct); further free errors are not reported\n",
+                     cudaGetErrorName(e), cudaGetErrorString(e), block, device);
+    }
     s.reserved -= block;
     note_stats(0, -static_cast<long long>(block));
     return;
