@@ -2,7 +2,8 @@
 // (row gather of a [V, C] table by integer ids).
 //
 // concat: out viewed as [outer, total * inner]; input i fills columns [off_i, off_i + n_i)
-//   of every outer row: one cudaMemcpy2DAsync per input. Bytes: read + write of every input.
+//   of every outer row: one cudaMemcpy2DAsync per input (a cudaMemcpyAsync when outer = 1).
+//   Bytes: read + write of every input.
 // embedding: out[b, l, :] = table[ids[b, l], :]. Bytes: B L C reads of the table and writes.
 //   The ids (a prompt's tokens: tiny) are checked on the host first, as the CPU op does, so an
 //   id outside [0, V) is an error naming it; the kernel still writes NaN rather than read out
@@ -57,8 +58,15 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
     if (n > 0 && outer > 0 && inner > 0) {
       Tensor in = t.dtype() == first.dtype() ? contiguous(t) : cast(t, first.dtype());
       char* dst = static_cast<char*>(out.raw_data()) + off * inner * es;
-      SD3_CUDA_CHECK(cudaMemcpy2DAsync(dst, total * inner * es, in.raw_data(), n * inner * es,
-                                       n * inner * es, outer, cudaMemcpyDeviceToDevice, st));
+      if (outer == 1) {
+        // One row: a plain copy. cudaMemcpy2DAsync would reject a row wider than the device's
+        // maximum pitch (cudaDevAttrMaxPitch, about 2 GiB), which a flat concat can exceed.
+        SD3_CUDA_CHECK(
+            cudaMemcpyAsync(dst, in.raw_data(), n * inner * es, cudaMemcpyDeviceToDevice, st));
+      } else {
+        SD3_CUDA_CHECK(cudaMemcpy2DAsync(dst, total * inner * es, in.raw_data(), n * inner * es,
+                                         n * inner * es, outer, cudaMemcpyDeviceToDevice, st));
+      }
     }
     off += n;
   }
