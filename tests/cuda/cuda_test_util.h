@@ -12,9 +12,15 @@
 //
 //   |out - ref| <= (1 + k) u |ref| + (k u + (sqrt(n) + 4) 2^-23 + extra) s
 //
-// with s = max |ref| (so values that cancel toward zero are judged on the output's scale) and
-// `extra` an op-specific allowance stated where it is used (e.g. f32 special functions of a
-// large argument). NaN or Inf where the reference is finite always fails. Outputs are
+// with s = max(max |ref|, scale) and `extra` an op-specific allowance stated where it is used
+// (e.g. f32 special functions of a large argument). Taking the output's largest value judges
+// elements that cancel toward zero on the scale of their terms, but it fails when the output
+// is too small to show that scale: a dot product whose one output element cancels to 0.01
+// while its partial sums reach 1 would be held to 2^-23 of 0.01. So a test whose output may
+// have few elements passes `scale`, a bound on the terms' magnitude derived from the input
+// distributions where it is used (for a dot product of length K of N(0, sx) and N(0, sw)
+// values, the partial sums have standard deviation sx sw sqrt(K)). The default 0 leaves
+// s = max |ref|. NaN or Inf where the reference is finite always fails. Outputs are
 // poisoned: every device block the allocator hands out during a test is filled with NaN
 // first (cuda::set_alloc_poison), so an element a kernel forgets to write fails the check.
 #pragma once
@@ -48,7 +54,8 @@ class CudaTest : public ::testing::Test {
   void TearDown() override;
   void require_gpu();
 
-  // Normal(0, sigma) values rounded to dtype, as a CPU tensor of that dtype.
+  // Normal(mean, sigma) values rounded to dtype, as a CPU tensor of that dtype. Large draws
+  // are filled in parallel blocks, each seeded from rng_: the values depend only on the seed.
   Tensor randn(const Shape& shape, DType dtype, float sigma = 1.0f, float mean = 0.0f);
   Tensor uniform(const Shape& shape, DType dtype, float lo, float hi);
   static Tensor gpu(const Tensor& t) { return t.to(Device::cuda(0)); }
@@ -62,7 +69,8 @@ class CudaTest : public ::testing::Test {
 struct Tol {
   int k = 0;           // low-precision intermediates of the GPU path
   int64_t n = 1;       // reduction length
-  double extra = 0.0;  // op-specific allowance, relative to max |ref|
+  double extra = 0.0;  // op-specific allowance, relative to s
+  double scale = 0.0;  // lower bound on s: the magnitude of the terms (0: max |ref| only)
 };
 
 double unit_roundoff(DType dt);
