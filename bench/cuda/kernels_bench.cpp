@@ -295,6 +295,31 @@ void register_all() {
           },
           bytes, flops);
       add("joint_attention/unfused" + tag, with_fusion(unfused_all(), run), bytes, flops);
+      // The Hopper warpgroup-MMA kernel (joint_attention_wgmma.cu), where this device and
+      // binary have it (compute capability 9.0, sm_90a code), and both kernels at head dim 128
+      // (12 heads of 128: same width, FLOPs and bytes), the other head dim it serves.
+      if (sd3::cuda::wgmma_attention_available(0)) {
+        auto wgmma = [](std::function<void()> fn) {
+          return [fn] {
+            sd3::cuda::set_flash_kernel(sd3::cuda::FlashKernel::kWgmma);
+            fn();
+            sd3::cuda::set_flash_kernel(sd3::cuda::FlashKernel::kDefault);
+          };
+        };
+        auto mma = [](std::function<void()> fn) {
+          return [fn] {
+            sd3::cuda::set_flash_kernel(sd3::cuda::FlashKernel::kMma);
+            fn();
+            sd3::cuda::set_flash_kernel(sd3::cuda::FlashKernel::kDefault);
+          };
+        };
+        add("joint_attention/fused_wgmma" + tag, wgmma(run), bytes, flops);
+        ops::AttentionOptions opt128;
+        opt128.heads = kHeads / 2;
+        auto run128 = [=] { ops::attention(q, k, v, opt128); };
+        add("joint_attention/fused_d128" + tag, mma(run128), bytes, flops);
+        add("joint_attention/fused_wgmma_d128" + tag, wgmma(run128), bytes, flops);
+      }
     }
     // MMDiT linears: the MLP's fc1 with its GELU-tanh epilogue, and qkv.
     {

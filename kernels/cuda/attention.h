@@ -1,6 +1,9 @@
 // Internal: the argument block shared by the attention kernels (joint_attention.cu, the flash
-// kernel; attention_gemm.cu, the library-product path) and their host-side checks.
+// kernel; joint_attention_wgmma.cu, its Hopper variant; attention_gemm.cu, the library-product
+// path) and their host-side checks.
 #pragma once
+
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
@@ -23,5 +26,23 @@ struct AttnShape {
 AttnShape attention_shape(const Tensor& q, const Tensor& k, const Tensor& v,
                           const ops::AttentionOptions& opt, Tensor* qo, Tensor* ko, Tensor* vo,
                           Tensor* bias);
+
+// The Hopper warpgroup-MMA flash kernel (joint_attention_wgmma.cu). q/k/v as attention_shape
+// returns them (rows 16-byte aligned), o contiguous [B, Lq, H*D].
+struct WgmmaAttnParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  int64_t q_sb = 0, q_sl = 0, k_sb = 0, k_sl = 0, v_sb = 0, v_sl = 0;  // element strides
+  int B = 0, H = 0, D = 0, Lq = 0, Lk = 0;                             // Lk >= 1
+  float scale_log2 = 0.0f;                                             // scale * log2(e), > 0
+};
+
+// True when attention() runs the wgmma kernel for this problem on `device` (Note [Flash kernel
+// selection] in joint_attention_wgmma.cu).
+bool use_wgmma_attention(const AttnShape& s, DType dt, bool has_bias, int device);
+// Launches the wgmma kernel (dt bf16 or f16, D 64 or 128) on st.
+void wgmma_attention(const WgmmaAttnParams& p, DType dt, cudaStream_t st);
 
 }  // namespace sd3::cuda

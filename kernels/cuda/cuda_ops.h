@@ -73,6 +73,21 @@ bool flash_attention_supported(const Tensor& q, const AttentionOptions& opt);
 // Lab switch: query m-tiles of 16 rows per warp in the D = 64 flash kernel (1 or 2; anything
 // else restores the default, 2, or SD3_FLASH_MTILES).
 void set_flash_mtiles(int mtiles);
+// Lab switch: which flash kernel attention() runs where both serve the problem (bf16/f16, head
+// dim 64 or 128, no causal mask, no bias, scale > 0): kMma, the mma.sync kernel
+// (joint_attention.cu); kWgmma, the Hopper warpgroup-MMA kernel (joint_attention_wgmma.cu),
+// taken only where wgmma_attention_available(), else kMma; kDefault, the environment variable
+// SD3_FLASH_KERNEL=mma|wgmma, else mma (not yet measured on a GPU: a GPU session that finds the
+// wgmma kernel correct and faster flips this default).
+enum class FlashKernel { kDefault, kMma, kWgmma };
+void set_flash_kernel(FlashKernel kernel);
+// True when `device` can run the wgmma kernel: compute capability 9.0 and device code built for
+// sm_90a (CMAKE_CUDA_ARCHITECTURES containing 90a). The first call per device reads a flag from
+// the device (one synchronous 4-byte copy).
+bool wgmma_attention_available(int device = 0);
+// The flash kernel attention() runs for q and opt (kMma or kWgmma), kDefault when it takes the
+// gemm path (attention_gemm) instead.
+FlashKernel flash_kernel_for(const Tensor& q, const AttentionOptions& opt);
 // Lab switch for group_norm / groupnorm_silu: 1 = the one-pass kernel where the shape allows
 // (the default), 2 = always the two-pass kernels; anything else restores the default or
 // SD3_GROUPNORM_PASSES (Note [One-pass group norm]).

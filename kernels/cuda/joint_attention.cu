@@ -416,6 +416,28 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
     out.fill(0.0f);
     return out;
   }
+  cudaStream_t st = stream_for(q);
+  if (use_wgmma_attention(s, q.dtype(), bias.defined(), q.device().index)) {
+    WgmmaAttnParams w;
+    w.q = q.raw_data();
+    w.k = k.raw_data();
+    w.v = v.raw_data();
+    w.o = out.raw_data();
+    w.q_sb = q.stride(0);
+    w.q_sl = q.stride(1);
+    w.k_sb = k.stride(0);
+    w.k_sl = k.stride(1);
+    w.v_sb = v.stride(0);
+    w.v_sl = v.stride(1);
+    w.B = static_cast<int>(s.B);
+    w.H = static_cast<int>(s.H);
+    w.D = static_cast<int>(s.D);
+    w.Lq = static_cast<int>(s.Lq);
+    w.Lk = static_cast<int>(s.Lk);
+    w.scale_log2 = s.scale * kLog2e;
+    wgmma_attention(w, q.dtype(), st);
+    return out;
+  }
   FlashParams p{};
   p.q = q.raw_data();
   p.k = k.raw_data();
@@ -437,7 +459,6 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   p.bias_sb = s.bias_sb;
   p.bias_sh = s.bias_sh;
   p.bias_sq = s.bias_sq;
-  cudaStream_t st = stream_for(q);
   const bool has_bias = bias.defined();
   auto go = [&](auto tag) {
     using T = decltype(tag);
