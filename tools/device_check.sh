@@ -17,7 +17,9 @@
 #
 #   --quick        tests and the four fused-kernel benchmarks at 1024x1024 (target: 2 minutes)
 #   --only LIST    comma-separated phases to run (build is always done or reused), e.g.
-#                  --only e2e,memcheck,racecheck,synccheck,e2e_unfused for a second call
+#                  --only e2e,memcheck,racecheck,synccheck,e2e_unfused for a second call;
+#                  `ncu` (Nsight Compute on one launch of each fused kernel) runs only when
+#                  listed here
 #   --budget S     seconds for the whole run (default 520; SD3_CHECK_BUDGET_S also sets it)
 #   --build-dir B  build tree (default build-device/ in the repository; reused when present)
 #   --build-only   configure and build, then stop (used to test the dependency setup)
@@ -175,6 +177,16 @@ if ((build_only)) || [ ! -x "$tests" ]; then
   report
   exit $status
 fi
+# What the compiler made of the hand-written kernels (HGMMA vs HMMA, cp.async, 16-byte
+# accesses, local memory), appended to build.log for device_report.py.
+if command -v cuobjdump >/dev/null 2>&1; then
+  {
+    echo "==== SASS summary"
+    cuobjdump -sass "$tests" 2>/dev/null | python3 "$root/tools/sass_summary.py" \
+      'attention|group_norm|group_stats|group_apply|adaln|row_norm|euler|gated'
+    echo "==== end SASS summary"
+  } >> "$out/build.log" 2>&1
+fi
 report
 
 # ---- tests --------------------------------------------------------------------------------------
@@ -265,6 +277,25 @@ for tool in memcheck racecheck synccheck; do
 done
 
 wanted e2e_unfused && run_e2e all
+
+# ---- Nsight Compute (only with --only ncu) ------------------------------------------------------
+# Speed-of-light, occupancy and launch statistics of one launch of each fused kernel at the
+# 1024x1024 shapes (clocks left as they are: --clock-control none), appended to run.log.
+if [ -n "$only" ] && wanted ncu; then
+  for pair in 'joint_attention/fused/1024$:flash_attention_kernel' \
+              'joint_attention/fused_wgmma/1024$:wgmma_attention_kernel' \
+              'groupnorm_silu/fused/1024_c128$:group_norm_onepass_kernel' \
+              'adaln_modulate/fused/1024$:row_norm_kernel' 'euler_step/fused/1024$:cfg_euler_kernel'; do
+    t=$(limit 60)
+    ((t > 0)) || { log "ncu ${pair%%:*} skipped: no time left"; continue; }
+    echo "==== ncu ${pair}" >> "$out/run.log"
+    timeout "$t" ncu --clock-control none --section SpeedOfLight --section Occupancy \
+      --section LaunchStats -k "regex:${pair##*:}" -s 2 -c 1 \
+      "$bench" --benchmark_filter="^${pair%%:*}" >> "$out/run.log" 2>&1 ||
+      log "ncu ${pair%%:*}: exit $?"
+  done
+  log "ncu done"
+fi
 
 # ---- report -------------------------------------------------------------------------------------
 log "total $(( $(date +%s) - t0 ))s, status $status"

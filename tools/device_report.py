@@ -135,6 +135,11 @@ def main():
         for b in bench.get("benchmarks", []):
             if b["name"].startswith("copy/"):
                 print(f"\nDevice-to-device copy, 1 GiB: {b['GB/s']:.0f} GB/s (read + write).")
+    build = read(os.path.join(d, "build.log"))
+    m = re.search(r"==== SASS summary\n(.*?)==== end SASS summary", build, re.S)
+    if m and m.group(1).strip():
+        print("\n## SASS (tools/sass_summary.py)\n")
+        print(m.group(1).strip())
     runs = load_json_lines(os.path.join(d, "e2e.json"))
     print("\n## End to end (sd3-bench, random weights)\n")
     if runs:
