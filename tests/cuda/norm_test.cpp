@@ -69,9 +69,10 @@ TEST_F(CudaNorm, AdaLnModulateFusedUnfusedAndCpu) {
 }
 
 // Both group-norm designs (Note [One-pass group norm]): one pass where the shape allows, and
-// the two-pass kernels. Shapes: one element per channel, odd spatial sizes (scalar path),
-// groups of one chunk, of several chunks with a partial last one, batches of many small groups
-// (more chunks than blocks resident: tickets recycled), and the VAE's 1024x1024 GroupNorm
+// the two-pass kernels. Shapes: one element per channel, odd spatial sizes (scalar path;
+// 130 x 130 takes 16-byte vectors only in f32), groups of one chunk, of several chunks with a
+// partial last one (136 x 136), batches of many small groups (more chunks than blocks
+// resident: tickets recycled), and the VAE's 1024x1024 GroupNorm
 // inputs at 128 and 256 channels (256 and 512 chunks of 32 KB per group in bf16: the second
 // takes 64 KB chunks).
 class PassesScope {
@@ -89,7 +90,8 @@ class PassesScope {
 TEST_F(CudaNorm, GroupNormAndGroupNormSilu) {
   const std::vector<Shape> shapes = {Shape{2, 64, 1, 1},    Shape{1, 64, 7, 9},
                                      Shape{2, 128, 64, 64}, Shape{1, 32, 256, 256},
-                                     Shape{1, 32, 130, 130}, Shape{6, 96, 5, 8}};
+                                     Shape{1, 32, 130, 130}, Shape{1, 64, 136, 136},
+                                     Shape{6, 96, 5, 8}};
   struct Variant {
     int passes, vecs;  // vecs: the one-pass kernel's chunk, 8 or 16 vectors per thread
   };

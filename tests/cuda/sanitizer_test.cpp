@@ -68,11 +68,22 @@ TEST_F(CudaSanitize, GroupNormSeveralChunks) {
     for (DType dt : {DType::BF16, DType::F32}) {
       SCOPED_TRACE(dname(dt) + " passes " + std::to_string(v.passes) + " vecs " +
                    std::to_string(v.vecs));
-      Tensor x = randn({1, 32, 130, 130}, dt, 1.0f, 1.0f);  // 16900 per group: several chunks
-      Tensor w = randn({32}, dt), b = randn({32}, dt);
-      expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f),
-                   ops::groupnorm_silu(f32(x), 32, f32(w), f32(b), 1e-6f), dt, {0, 16900, 0},
+      // 2 x 18496 per group (S a multiple of 8: the vector path): 3 chunks of 32 KB in bf16,
+      // 5 in f32, 2 of 64 KB in bf16, partial last ones.
+      Tensor x = randn({1, 64, 136, 136}, dt, 1.0f, 1.0f);
+      Tensor w = randn({64}, dt), b = randn({64}, dt);
+      Tensor xg = gpu(x);
+      if (v.passes == 1) {
+        EXPECT_TRUE(cuda::groupnorm_onepass_possible(xg, 32)) << "one pass expected";
+      }
+      expect_close(ops::groupnorm_silu(xg, 32, gpu(w), gpu(b), 1e-6f),
+                   ops::groupnorm_silu(f32(x), 32, f32(w), f32(b), 1e-6f), dt, {0, 36992, 0},
                    "groupnorm_silu");
+      Tensor z = randn({1, 32, 130, 130}, dt, 1.0f, 1.0f);  // S = 16900: vectors only in f32
+      Tensor wz = randn({32}, dt), bz = randn({32}, dt);
+      expect_close(ops::groupnorm_silu(gpu(z), 32, gpu(wz), gpu(bz), 1e-6f),
+                   ops::groupnorm_silu(f32(z), 32, f32(wz), f32(bz), 1e-6f), dt, {0, 16900, 0},
+                   "groupnorm_silu S = 16900");
       Tensor y = randn({1, 64, 3, 5}, dt);  // scalar path (S = 15)
       Tensor w2 = randn({64}, dt), b2 = randn({64}, dt);
       expect_close(ops::group_norm(gpu(y), 32, gpu(w2), gpu(b2), 1e-6f),
