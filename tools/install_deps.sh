@@ -4,7 +4,7 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config git
       libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
       libsentencepiece-dev libutf8proc-dev libpng-dev zlib1g-dev
-      libopenblas-dev libomp-dev python3)
+      libopenblas-dev libomp-dev python3 python3-numpy)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
