@@ -260,6 +260,15 @@ void register_all() {
       const double bytes = 2.0 * kB * r.L * kC * 2;
       auto run = [=] { ops::adaln_modulate(x, sh, sc, 1e-6f); };
       add("adaln_modulate/fused" + tag, run, bytes);
+      // Note [Warp-per-row normalisation]: the same op with a warp per row.
+      add(
+          "adaln_modulate/fused_warp" + tag,
+          [=] {
+            sd3::cuda::set_row_norm_layout(2);
+            run();
+            sd3::cuda::set_row_norm_layout(0);
+          },
+          bytes);
       add("adaln_modulate/unfused" + tag, with_fusion(unfused_all(), run), bytes);
       add_copy("adaln_modulate/copy" + tag, bytes);
     }

@@ -92,6 +92,10 @@ FlashKernel flash_kernel_for(const Tensor& q, const AttentionOptions& opt);
 // (the default), 2 = always the two-pass kernels; anything else restores the default or
 // SD3_GROUPNORM_PASSES (Note [One-pass group norm]).
 void set_groupnorm_passes(int passes);
+// Lab switch for layer_norm / rms_norm / adaln_modulate rows of up to 512 accesses: 1 = a
+// block per row (the default), 2 = a warp per row (Note [Warp-per-row normalisation]);
+// anything else restores the default or SD3_ROW_NORM=block|warp.
+void set_row_norm_layout(int layout);
 // Lab/test switch for the one-pass kernel's chunk: 8 or 16 16-byte vectors per thread (32 or
 // 64 KB); anything else restores the default (8 where a group's chunks fit, else 16).
 void set_groupnorm_onepass_vecs(int vecs);

@@ -3,10 +3,34 @@
 //
 // Bytes: one read and one write of the rows (2 N C sizeof(T)) plus the vectors once from L2.
 // Design: Note [Row normalisation] in norm.cuh (one block per row, row held in registers).
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/norm.cuh"
 
 namespace sd3::cuda {
+
+namespace {
+// Note [Warp-per-row normalisation]: 1 block per row (default), 2 warp per row; -1 not yet
+// read from SD3_ROW_NORM.
+std::atomic<int> g_row_norm_layout{-1};
+}  // namespace
+
+int row_norm_layout() {
+  int v = g_row_norm_layout.load();
+  if (v < 0) {
+    const char* e = std::getenv("SD3_ROW_NORM");
+    v = e && std::strcmp(e, "warp") == 0 ? 2 : 1;
+    g_row_norm_layout.store(v);
+  }
+  return v;
+}
+
+void set_row_norm_layout(int layout) {
+  g_row_norm_layout.store(layout == 1 || layout == 2 ? layout : -1);
+}
 
 Tensor layer_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, float eps) {
   check_float_input(x_in, "layer_norm", "x");

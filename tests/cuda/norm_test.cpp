@@ -24,45 +24,61 @@ TEST_F(CudaNorm, Softmax) {
   }
 }
 
+// Sets the row-norm layout (Note [Warp-per-row normalisation]) for its lifetime: 1 a block
+// per row, 2 a warp per row (rows past 512 accesses stay block per row either way).
+class RowNormLayoutScope {
+ public:
+  explicit RowNormLayoutScope(int layout) { cuda::set_row_norm_layout(layout); }
+  ~RowNormLayoutScope() { cuda::set_row_norm_layout(0); }
+};
+
 TEST_F(CudaNorm, LayerNormAndRmsNorm) {
-  for (DType dt : float_dtypes()) {
-    for (int64_t C : {1, 7, 64, 1536, 2432, 4097, 12288}) {
-      SCOPED_TRACE(dname(dt) + " C=" + std::to_string(C));
-      // A large mean makes a one-pass E[x^2] - E[x]^2 variance fail.
-      Tensor x = randn({3, 77, C}, dt, 1.5f, 3.0f);
-      Tensor w = randn({C}, dt), b = randn({C}, DType::F32);
-      const Tol tol{0, C, 0};
-      expect_close(ops::layer_norm(gpu(x), Tensor(), Tensor(), 1e-6f),
-                   ops::layer_norm(f32(x), Tensor(), Tensor(), 1e-6f), dt, tol, "layer_norm");
-      expect_close(ops::layer_norm(gpu(x), gpu(w), gpu(b), 1e-5f),
-                   ops::layer_norm(f32(x), f32(w), b, 1e-5f), dt, tol, "layer_norm affine");
-      expect_close(ops::rms_norm(gpu(x), gpu(w), 1e-6f), ops::rms_norm(f32(x), f32(w), 1e-6f), dt,
-                   tol, "rms_norm");
-      expect_close(ops::rms_norm(gpu(x), Tensor(), 1e-6f), ops::rms_norm(f32(x), Tensor(), 1e-6f),
-                   dt, tol, "rms_norm no weight");
+  for (int layout : {1, 2}) {
+    RowNormLayoutScope scope(layout);
+    for (DType dt : float_dtypes()) {
+      for (int64_t C : {1, 7, 64, 1536, 2432, 4097, 12288}) {
+        SCOPED_TRACE(dname(dt) + " C=" + std::to_string(C) + " layout " + std::to_string(layout));
+        // A large mean makes a one-pass E[x^2] - E[x]^2 variance fail.
+        Tensor x = randn({3, 77, C}, dt, 1.5f, 3.0f);
+        Tensor w = randn({C}, dt), b = randn({C}, DType::F32);
+        const Tol tol{0, C, 0};
+        expect_close(ops::layer_norm(gpu(x), Tensor(), Tensor(), 1e-6f),
+                     ops::layer_norm(f32(x), Tensor(), Tensor(), 1e-6f), dt, tol, "layer_norm");
+        expect_close(ops::layer_norm(gpu(x), gpu(w), gpu(b), 1e-5f),
+                     ops::layer_norm(f32(x), f32(w), b, 1e-5f), dt, tol, "layer_norm affine");
+        expect_close(ops::rms_norm(gpu(x), gpu(w), 1e-6f), ops::rms_norm(f32(x), f32(w), 1e-6f), dt,
+                     tol, "rms_norm");
+        expect_close(ops::rms_norm(gpu(x), Tensor(), 1e-6f), ops::rms_norm(f32(x), Tensor(), 1e-6f),
+                     dt, tol, "rms_norm no weight");
+      }
     }
   }
 }
 
 TEST_F(CudaNorm, AdaLnModulateFusedUnfusedAndCpu) {
-  for (DType dt : float_dtypes()) {
-    for (int64_t L : {1, 77, 410}) {
-      for (int64_t C : {64, 1536, 1000}) {
-        SCOPED_TRACE(dname(dt) + " L=" + std::to_string(L) + " C=" + std::to_string(C));
-        Tensor x = randn({2, L, C}, dt, 2.0f, 0.5f);
-        Tensor mod = randn({2, 6 * C}, dt, 0.5f);
-        // shift = chunk 0 and scale = chunk 1 of the modulation output: strided views.
-        Tensor gm = gpu(mod), fm = f32(mod);
-        Tensor ref = ops::adaln_modulate(f32(x), fm.slice(1, 0, C), fm.slice(1, C, 2 * C), 1e-6f);
-        Tensor fused = ops::adaln_modulate(gpu(x), gm.slice(1, 0, C), gm.slice(1, C, 2 * C), 1e-6f);
-        expect_close(fused, ref, dt, {0, C, 0}, "adaln_modulate fused");
-        Fusion f;
-        f.adaln = false;
-        FusionScope scope(f);
-        Tensor unfused =
-            ops::adaln_modulate(gpu(x), gm.slice(1, 0, C), gm.slice(1, C, 2 * C), 1e-6f);
-        // Unfused stores LN(x), 1 + scale and the product in the dtype: k = 3.
-        expect_close(unfused, ref, dt, {3, C, 0}, "adaln_modulate unfused");
+  for (int layout : {1, 2}) {
+    RowNormLayoutScope layout_scope(layout);
+    for (DType dt : float_dtypes()) {
+      for (int64_t L : {1, 77, 410}) {
+        for (int64_t C : {64, 1536, 1000, 2432}) {
+          SCOPED_TRACE(dname(dt) + " L=" + std::to_string(L) + " C=" + std::to_string(C) +
+                       " layout " + std::to_string(layout));
+          Tensor x = randn({2, L, C}, dt, 2.0f, 0.5f);
+          Tensor mod = randn({2, 6 * C}, dt, 0.5f);
+          // shift = chunk 0 and scale = chunk 1 of the modulation output: strided views.
+          Tensor gm = gpu(mod), fm = f32(mod);
+          Tensor ref = ops::adaln_modulate(f32(x), fm.slice(1, 0, C), fm.slice(1, C, 2 * C), 1e-6f);
+          Tensor fused =
+              ops::adaln_modulate(gpu(x), gm.slice(1, 0, C), gm.slice(1, C, 2 * C), 1e-6f);
+          expect_close(fused, ref, dt, {0, C, 0}, "adaln_modulate fused");
+          Fusion f;
+          f.adaln = false;
+          FusionScope scope(f);
+          Tensor unfused =
+              ops::adaln_modulate(gpu(x), gm.slice(1, 0, C), gm.slice(1, C, 2 * C), 1e-6f);
+          // Unfused stores LN(x), 1 + scale and the product in the dtype: k = 3.
+          expect_close(unfused, ref, dt, {3, C, 0}, "adaln_modulate unfused");
+        }
       }
     }
   }
@@ -88,10 +104,9 @@ class PassesScope {
 };
 
 TEST_F(CudaNorm, GroupNormAndGroupNormSilu) {
-  const std::vector<Shape> shapes = {Shape{2, 64, 1, 1},    Shape{1, 64, 7, 9},
-                                     Shape{2, 128, 64, 64}, Shape{1, 32, 256, 256},
-                                     Shape{1, 32, 130, 130}, Shape{1, 64, 136, 136},
-                                     Shape{6, 96, 5, 8}};
+  const std::vector<Shape> shapes = {
+      Shape{2, 64, 1, 1},     Shape{1, 64, 7, 9},     Shape{2, 128, 64, 64}, Shape{1, 32, 256, 256},
+      Shape{1, 32, 130, 130}, Shape{1, 64, 136, 136}, Shape{6, 96, 5, 8}};
   struct Variant {
     int passes, vecs;  // vecs: the one-pass kernel's chunk, 8 or 16 vectors per thread
   };

@@ -38,22 +38,28 @@ TEST_F(CudaSanitize, FlashAttentionSmall) {
   }
 }
 
+// Both row-norm layouts (block per row, warp per row) on 10 rows: the warp kernel's last
+// block holds 2 rows of its 4.
 TEST_F(CudaSanitize, RowNormsSmall) {
-  for (DType dt : {DType::BF16, DType::F32}) {
-    for (int64_t C : {1536, 4097}) {
-      Tensor x = randn({2, 5, C}, dt), mod = randn({2, 6 * C}, dt);
-      Tensor gm = gpu(mod), fm = f32(mod);
-      expect_close(ops::adaln_modulate(gpu(x), gm.slice(1, 0, C), gm.slice(1, C, 2 * C), 1e-6f),
-                   ops::adaln_modulate(f32(x), fm.slice(1, 0, C), fm.slice(1, C, 2 * C), 1e-6f), dt,
-                   {0, C, 0}, "adaln_modulate");
-      Tensor w = randn({C}, dt);
-      expect_close(ops::rms_norm(gpu(x), gpu(w), 1e-6f), ops::rms_norm(f32(x), f32(w), 1e-6f), dt,
-                   {0, C, 0}, "rms_norm");
-      expect_close(ops::softmax(gpu(x)), ops::softmax(f32(x)), dt, {0, C, 0}, "softmax");
-      expect_close(ops::gated_add(gpu(x), gm.slice(1, 2 * C, 3 * C), gpu(x)),
-                   ops::gated_add(f32(x), fm.slice(1, 2 * C, 3 * C), f32(x)), dt, {}, "gated_add");
+  for (int layout : {1, 2})
+    for (DType dt : {DType::BF16, DType::F32}) {
+      cuda::set_row_norm_layout(layout);
+      for (int64_t C : {1536, 4097}) {
+        Tensor x = randn({2, 5, C}, dt), mod = randn({2, 6 * C}, dt);
+        Tensor gm = gpu(mod), fm = f32(mod);
+        expect_close(ops::adaln_modulate(gpu(x), gm.slice(1, 0, C), gm.slice(1, C, 2 * C), 1e-6f),
+                     ops::adaln_modulate(f32(x), fm.slice(1, 0, C), fm.slice(1, C, 2 * C), 1e-6f),
+                     dt, {0, C, 0}, "adaln_modulate");
+        Tensor w = randn({C}, dt);
+        expect_close(ops::rms_norm(gpu(x), gpu(w), 1e-6f), ops::rms_norm(f32(x), f32(w), 1e-6f), dt,
+                     {0, C, 0}, "rms_norm");
+        expect_close(ops::softmax(gpu(x)), ops::softmax(f32(x)), dt, {0, C, 0}, "softmax");
+        expect_close(ops::gated_add(gpu(x), gm.slice(1, 2 * C, 3 * C), gpu(x)),
+                     ops::gated_add(f32(x), fm.slice(1, 2 * C, 3 * C), f32(x)), dt, {},
+                     "gated_add");
+      }
     }
-  }
+  cuda::set_row_norm_layout(0);
 }
 
 // The one-pass kernel with 32 KB and with 64 KB chunks (tickets, cross-block publication,
