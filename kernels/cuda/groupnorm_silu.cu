@@ -380,16 +380,19 @@ int groupnorm_passes() {
 // Resident blocks of the one-pass kernel on `device`, 0 when cooperative launch is missing.
 template <class T, int kVecs, bool kSilu>
 int onepass_capacity(int device) {
-  static std::atomic<int> cached{-1};  // per instantiation; one value per process (see docs)
-  int v = cached.load();
-  if (v >= 0) return v;
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices];  // per instantiation and device; 0 = not known
+  if (device < 0 || device >= kMaxDevices) return 0;
+  int v = cached[device].load();
+  if (v > 0) return v - 1;
+  stream(device);  // makes `device` current for the occupancy query
   int coop = 0;
   SD3_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device));
   int per_sm = 0;
   SD3_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
       &per_sm, group_norm_onepass_kernel<T, kVecs, kSilu>, kOneThreads, 0));
   v = coop ? per_sm * device_props(device).multiProcessorCount : 0;
-  cached.store(v);
+  cached[device].store(v + 1);
   return v;
 }
 
