@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "engine/tensor.h"
@@ -130,6 +131,20 @@ inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 
   if (b < 1) b = 1;
   if (b > max_blocks) b = max_blocks;
   return static_cast<unsigned>(b);
+}
+
+// Raises `kernel`'s dynamic shared-memory limit to `bytes` on the current device, once per
+// device (the attribute belongs to the device's context): `done` is the caller's per-kernel
+// set of devices already raised (bit d for device d < 64; later devices are raised each call).
+inline void raise_smem_limit(const void* kernel, size_t bytes, std::atomic<uint64_t>& done) {
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice", __FILE__, __LINE__);
+  const uint64_t bit = dev >= 0 && dev < 64 ? uint64_t{1} << dev : 0;
+  if (bit && (done.load() & bit)) return;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(bytes)),
+             "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)", __FILE__, __LINE__);
+  done.fetch_or(bit);
 }
 
 // Runs f(T{}) with T the CUDA element type of a float dtype.

@@ -345,12 +345,8 @@ void launch_flash(const FlashParams& p, int64_t B, int64_t H, int64_t Lq, cudaSt
   constexpr size_t kSmem = sizeof(T) * (kBlockM + 4 * kBlockN) * (D + 8);
   auto kernel = flash_attention_kernel<T, D, kHasBias, kMT>;
   if constexpr (kSmem > 48 * 1024) {
-    static bool raised = [&] {
-      SD3_CUDA_CHECK(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-      return true;
-    }();
-    (void)raised;
+    static std::atomic<uint64_t> raised{0};
+    raise_smem_limit(reinterpret_cast<const void*>(kernel), kSmem, raised);
   }
   const dim3 grid(static_cast<unsigned>((Lq + kBlockM - 1) / kBlockM), static_cast<unsigned>(H),
                   static_cast<unsigned>(B));
