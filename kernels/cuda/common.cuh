@@ -136,15 +136,17 @@ inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 
 // Raises `kernel`'s dynamic shared-memory limit to `bytes` on the current device, once per
 // device (the attribute belongs to the device's context): `done` is the caller's per-kernel
 // set of devices already raised (bit d for device d < 64; later devices are raised each call).
-inline void raise_smem_limit(const void* kernel, size_t bytes, std::atomic<uint64_t>& done) {
+// Returns true when it set the attribute (the caller may set others alongside).
+inline bool raise_smem_limit(const void* kernel, size_t bytes, std::atomic<uint64_t>& done) {
   int dev = 0;
   check_cuda(cudaGetDevice(&dev), "cudaGetDevice", __FILE__, __LINE__);
   const uint64_t bit = dev >= 0 && dev < 64 ? uint64_t{1} << dev : 0;
-  if (bit && (done.load() & bit)) return;
+  if (bit && (done.load() & bit)) return false;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(bytes)),
              "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)", __FILE__, __LINE__);
   done.fetch_or(bit);
+  return true;
 }
 
 // Runs f(T{}) with T the CUDA element type of a float dtype.

@@ -65,7 +65,7 @@
 // Every descriptor's start address is on its swizzle pattern's boundary (2 KB slices, 2 KB
 // k16 steps of V, all tile bases 1024-aligned), so the base offset is 0 and no question arises
 // of whether the swizzle is taken from the absolute address or from the start address: both
-// readings agree. (The common alternative, 128-byte-swizzled K-major tiles with k16 steps 32
+// readings agree. (CuTe, for one, swizzles absolute byte addresses and sets base offset 0.) (The common alternative, 128-byte-swizzled K-major tiles with k16 steps 32
 // bytes apart inside a swizzle row, depends on the absolute-address reading.)
 //
 // Note [wgmma fragments]
@@ -510,15 +510,12 @@ template <class T, int D>
 void launch_wgmma(const WgmmaAttnParams& p, cudaStream_t st) {
   constexpr size_t kSmem = WgSmem<D>::kAlloc;
   auto kernel = wgmma_attention_kernel<T, D>;
-  // Once per process (for the first device that runs it), as the mma.sync kernel.
-  static bool configured = [&] {
-    SD3_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(kSmem)));
+  // Once per device, as the mma.sync kernel.
+  static std::atomic<uint64_t> configured{0};
+  if (raise_smem_limit(reinterpret_cast<const void*>(kernel), kSmem, configured)) {
     SD3_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                         cudaSharedmemCarveoutMaxShared));
-    return true;
-  }();
-  (void)configured;
+  }
   const dim3 grid(static_cast<unsigned>((p.Lq + kBM - 1) / kBM), static_cast<unsigned>(p.H),
                   static_cast<unsigned>(p.B));
   kernel<<<grid, kThreads, kSmem, st>>>(p);
