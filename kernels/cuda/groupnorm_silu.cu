@@ -27,9 +27,9 @@
 // Note [One-pass group norm]
 // One kernel, launched cooperatively (every block resident at once) with a grid of at most
 // the GPU's resident capacity. Each group is cut into chunks of kOneThreads x kVecs 16-byte
-// vectors (32 or 64 KB); a block repeatedly takes the next chunk number from a global ticket counter,
-// loads its chunk into registers (8 independent 16-byte loads per thread in flight), reduces
-// it to (n, mean, M2) as in the two-pass kernel, publishes that partial (store, fence,
+// vectors (32 or 64 KB); a block repeatedly takes the next chunk number from a global ticket
+// counter, loads its chunk into registers (8 independent 16-byte loads per thread in flight),
+// reduces it to (n, mean, M2) as in the two-pass kernel, publishes that partial (store, fence,
 // atomic increment of the group's count), waits until the group's count reaches its chunk
 // total, merges the group's partials (one warp) and normalises the chunk it still holds. x is
 // read from memory once.
@@ -159,13 +159,28 @@ __global__ void group_stats_kernel(Welford* __restrict__ partial, const T* __res
   if (threadIdx.x == 0) partial[static_cast<int64_t>(group) * chunks + chunk] = t;
 }
 
+// SiLU of the fused epilogue. For f32 outputs, full-precision expf and division, as the CPU
+// reference. For 16-bit outputs, the fast exponential and reciprocal (relative error about
+// 2^-21, far below the output's own rounding, 2^-9 in bf16 and 2^-12 in f16): at 3 TB/s a
+// 16-bit group norm has about 38 instructions per element to spend on an H100, and the precise
+// expf + IEEE division alone take most of them.
+template <class T>
+__device__ __forceinline__ float silu_out(float v) {
+  if constexpr (sizeof(T) == 2) {
+    return __fdividef(v, 1.0f + __expf(-v));
+  } else {
+    return apply_activation<ops::Activation::Silu>(v);
+  }
+}
+
 template <class T, int E, bool kSilu>
 __global__ void group_apply_kernel(T* __restrict__ out, const T* __restrict__ x,
-                                   const Welford* __restrict__ partial, int chunks, AnyPtr w,
-                                   AnyPtr b, int64_t S, int C, int G, float eps) {
+                                   const Welford* __restrict__ partial, int chunks,
+                                   const float* __restrict__ w, const float* __restrict__ b,
+                                   int64_t S, int C, int G, float eps) {
   __shared__ float stats[2];
   const int group = blockIdx.y;  // b * G + g
-  if (threadIdx.x < 32)  // the first warp merges the group's partials
+  if (threadIdx.x < 32)          // the first warp merges the group's partials
     merge_group_stats(partial + static_cast<int64_t>(group) * chunks, chunks, eps, stats);
   __syncthreads();
   const float mean = stats[0], rstd = stats[1];
@@ -177,8 +192,8 @@ __global__ void group_apply_kernel(T* __restrict__ out, const T* __restrict__ x,
   for (int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * E;
        i < group_elems; i += stride) {
     const int c = c0 + static_cast<int>(i / S);  // E divides S: a vector stays in one channel
-    const float mul = (w.p ? w[c] : 1.0f) * rstd;
-    const float add = (b.p ? b[c] : 0.0f) - mean * mul;
+    const float mul = (w ? w[c] : 1.0f) * rstd;
+    const float add = (b ? b[c] : 0.0f) - mean * mul;
     float v[E];
     if constexpr (E > 1) {
       Vec<T> in;
@@ -190,7 +205,7 @@ __global__ void group_apply_kernel(T* __restrict__ out, const T* __restrict__ x,
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       v[e] = v[e] * mul + add;
-      if constexpr (kSilu) v[e] = apply_activation<ops::Activation::Silu>(v[e]);
+      if constexpr (kSilu) v[e] = silu_out<T>(v[e]);
     }
     if constexpr (E > 1) {
       Vec<T> o;
@@ -241,8 +256,9 @@ template <class T, int kVecs, bool kSilu>
 __global__ void __launch_bounds__(kOneThreads, 3)
     group_norm_onepass_kernel(T* __restrict__ out, const T* __restrict__ x,
                               Welford* __restrict__ partial, unsigned* __restrict__ sync,
-                              int group_elems, int chunks, int total_chunks, AnyPtr w,
-                              AnyPtr b, int S, int C, int G, float eps) {
+                              int group_elems, int chunks, int total_chunks,
+                              const float* __restrict__ w, const float* __restrict__ b, int S,
+                              int C, int G, float eps) {
   constexpr int kV = Vec<T>::kVec;
   constexpr int kRegVecs = kVecs < 8 ? kVecs : 8;
   constexpr int kSmemVecs = kVecs - kRegVecs;
@@ -329,14 +345,14 @@ __global__ void __launch_bounds__(kOneThreads, 3)
     // Normalise the chunk still held on chip.
     auto emit = [&](const Vec<T>& vv, int i) {
       const int c = c0 + (begin + i) / S;  // kV divides S: one channel per vector
-      const float mul = (w.p ? w[c] : 1.0f) * rstd;
-      const float add = (b.p ? b[c] : 0.0f) - mean * mul;
+      const float mul = (w ? w[c] : 1.0f) * rstd;
+      const float add = (b ? b[c] : 0.0f) - mean * mul;
       float v[kV];
       vv.to_float(v);
 #pragma unroll
       for (int e = 0; e < kV; ++e) {
         v[e] = v[e] * mul + add;
-        if constexpr (kSilu) v[e] = apply_activation<ops::Activation::Silu>(v[e]);
+        if constexpr (kSilu) v[e] = silu_out<T>(v[e]);
       }
       Vec<T> o;
       o.from_float(v);
@@ -409,8 +425,8 @@ int64_t onepass_chunks(int64_t group_elems, int64_t bg, int device) {
 
 // Runs the one-pass kernel with kVecs when the shape and device allow; false means "not taken".
 template <class T, int kVecs, bool kSilu>
-bool try_onepass(T* out, const T* x, int64_t group_elems, int64_t bg, AnyPtr w, AnyPtr b,
-                 int64_t S, int C, int G, float eps, int device, cudaStream_t st) {
+bool try_onepass(T* out, const T* x, int64_t group_elems, int64_t bg, const float* w,
+                 const float* b, int64_t S, int C, int G, float eps, int device, cudaStream_t st) {
   const int64_t chunks = onepass_chunks<T, kVecs, kSilu>(group_elems, bg, device);
   if (chunks == 0) return false;
   const int64_t total = chunks * bg;
@@ -424,10 +440,9 @@ bool try_onepass(T* out, const T* x, int64_t group_elems, int64_t bg, AnyPtr w, 
       itotal = static_cast<int>(total), iS = static_cast<int>(S);
   void* args[] = {&out, &x, &pp, &ps, &ielems, &ichunks, &itotal, &w, &b, &iS, &C, &G, &eps};
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(total, capacity));
-  const cudaError_t e =
-      cudaLaunchCooperativeKernel(
-          reinterpret_cast<const void*>(group_norm_onepass_kernel<T, kVecs, kSilu>), dim3(grid),
-          dim3(kOneThreads), args, 0, st);
+  const cudaError_t e = cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(group_norm_onepass_kernel<T, kVecs, kSilu>), dim3(grid),
+      dim3(kOneThreads), args, 0, st);
   if (e == cudaErrorCooperativeLaunchTooLarge) {
     (void)cudaGetLastError();  // the GPU is shared more than the calculator knew: two passes
     return false;
@@ -446,8 +461,15 @@ Tensor group_norm_impl(const Tensor& x_in, int64_t groups, const Tensor& weight,
             " groups");
   Tensor x = contiguous(x_in);
   const int64_t S = C ? x.numel() / (B * C) : 0;
+  // The affine parameters as f32 (a [C] cast at most): a dtype switch per element in the
+  // kernels would multiply their code (the one-pass kernel's unrolled stores were duplicated
+  // per dtype combination, past the instruction cache).
   Tensor w = param_vector(weight, C, op, "weight");
   Tensor b = param_vector(bias, C, op, "bias");
+  if (w.defined() && w.dtype() != DType::F32) w = cast(w, DType::F32);
+  if (b.defined() && b.dtype() != DType::F32) b = cast(b, DType::F32);
+  const float* pw = w.defined() ? static_cast<const float*>(w.raw_data()) : nullptr;
+  const float* pb = b.defined() ? static_cast<const float*>(b.raw_data()) : nullptr;
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0) return out;
   const int64_t group_elems = (C / groups) * S;
@@ -466,10 +488,10 @@ Tensor group_norm_impl(const Tensor& x_in, int64_t groups, const Tensor& weight,
       const int vecs = g_onepass_vecs.load();
       auto go = [&](auto silu_const) {
         constexpr bool kS = decltype(silu_const)::value;
-        return (vecs != 16 && try_onepass<T, 8, kS>(po, px, group_elems, bg, any_ptr(w),
-                                                    any_ptr(b), S, iC, iG, eps, device, st)) ||
-               (vecs != 8 && try_onepass<T, 16, kS>(po, px, group_elems, bg, any_ptr(w),
-                                                    any_ptr(b), S, iC, iG, eps, device, st));
+        return (vecs != 16 && try_onepass<T, 8, kS>(po, px, group_elems, bg, pw, pb, S, iC, iG, eps,
+                                                    device, st)) ||
+               (vecs != 8 && try_onepass<T, 16, kS>(po, px, group_elems, bg, pw, pb, S, iC, iG, eps,
+                                                    device, st));
       };
       if (silu ? go(std::true_type{}) : go(std::false_type{})) return;
     }
@@ -489,7 +511,7 @@ Tensor group_norm_impl(const Tensor& x_in, int64_t groups, const Tensor& weight,
       constexpr int E = decltype(e_const)::value;
       constexpr bool kS = decltype(silu_const)::value;
       group_apply_kernel<T, E, kS><<<dim3(gx, static_cast<unsigned>(bg)), 256, 0, st>>>(
-          po, px, pp, chunks, any_ptr(w), any_ptr(b), S, iC, iG, eps);
+          po, px, pp, chunks, pw, pb, S, iC, iG, eps);
       SD3_LAUNCH_CHECK("group_apply_kernel");
     };
     using V = std::integral_constant<int, kV>;
