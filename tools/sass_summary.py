@@ -1,14 +1,35 @@
 #!/usr/bin/env python3
-"""Summarises `cuobjdump -sass` output (read from stdin) per kernel: instruction count and the
-opcodes that say whether a kernel is on the path it was written for: HGMMA (Hopper warpgroup
-MMA), HMMA (warp-level mma.sync), LDSM (ldmatrix), LDGSTS (cp.async), LDG/STG 128-bit
-accesses, and LDL/STL (local memory: a register array indexed at run time, or spills).
-tools/device_check.sh runs it on the test binary after the build (cuobjdump is on the GPU
-image, not here). Usage: cuobjdump -sass BINARY | python3 tools/sass_summary.py [FILTER]"""
+"""Summarises `cuobjdump -sass` output (read from stdin): per kernel family (a template's
+instantiations together), the opcodes that say whether the kernels are on the path they were
+written for: HGMMA (Hopper warpgroup MMA), HMMA (warp-level mma.sync), LDSM (ldmatrix),
+LDGSTS (cp.async), 128-bit global loads/stores; then every instantiation that touches local
+memory (LDL/STL: a register array indexed at run time, or spills). tools/device_check.sh runs
+it on the test binary after the build; cuobjdump (and the nvdisasm it calls) are on the GPU
+image, and here from the PyPI wheels nvidia-cuda-cuobjdump / nvidia-cuda-nvdisasm
+(NVDISASM_PATH pointing at the latter).
+Usage: cuobjdump -sass BINARY | python3 tools/sass_summary.py [REGEX]"""
 import re
+import shutil
+import subprocess
 import sys
 
 KEYS = ["HGMMA", "HMMA", "LDSM", "LDGSTS", "LDG.E.128", "STG.E.128", "LDL", "STL"]
+
+
+def demangle(names):
+    """c++filt when present, else the mangled names."""
+    if not names or not shutil.which("c++filt"):
+        return {n: n for n in names}
+    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True,
+                         text=True).stdout.splitlines()
+    return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
+
+
+def short(name):
+    name = re.sub(r"sd3::cuda::(\(anonymous namespace\)::)?", "", name)
+    name = re.sub(r"\(.*$", "", name)  # parameters
+    name = re.sub(r"^void ", "", name)
+    return name.replace("__nv_bfloat16", "bf16").replace("__half", "f16")
 
 
 def main():
@@ -32,12 +53,31 @@ def main():
         for key in KEYS:
             if op == key or op.startswith(key + "."):
                 k[key] += 1
-    print("| kernel | instructions | " + " | ".join(KEYS) + " |")
-    print("|---|---|" + "---|" * len(KEYS))
-    for name, k in sorted(kernels.items()):
-        if flt and not flt.search(name):
+    names = demangle(sorted(kernels))
+    families = {}
+    local = []
+    for mangled, k in kernels.items():
+        full = short(names[mangled])
+        if flt and not flt.search(full):
             continue
-        print(f"| {name[:90]} | {k['n']} | " + " | ".join(str(k[key]) for key in KEYS) + " |")
+        fam = re.sub(r"<.*$", "", full)
+        f = families.setdefault(fam, {"count": 0, "local": 0, **{key: 0 for key in KEYS}})
+        f["count"] += 1
+        for key in KEYS:
+            f[key] += k[key]
+        if k["LDL"] or k["STL"]:
+            f["local"] += 1
+            local.append((full, k["LDL"], k["STL"]))
+    cols = KEYS[:6]
+    print("| kernel family | instantiations | " + " | ".join(cols) + " | with local memory |")
+    print("|---|---|" + "---|" * len(cols) + "---|")
+    for fam, f in sorted(families.items()):
+        print(f"| {fam} | {f['count']} | " + " | ".join(str(f[c]) for c in cols) +
+              f" | {f['local']} |")
+    if local:
+        print("\nInstantiations with local memory (LDL / STL instructions):\n")
+        for full, ldl, stl in sorted(local):
+            print(f"- `{full}`: {ldl} / {stl}")
 
 
 if __name__ == "__main__":
