@@ -15,7 +15,8 @@
 # phase with under 10 s left is skipped (and says so), and results.md is rewritten after
 # every phase, so a cut-off call still returns its table.
 #
-#   --quick        tests and the four fused-kernel benchmarks at 1024x1024 (target: 2 minutes)
+#   --quick        tests, the four fused-kernel benchmarks at 1024x1024 and the SDPA reference
+#                  at that shape (target: 2 minutes)
 #   --only LIST    comma-separated phases to run (build is always done or reused), e.g.
 #                  --only e2e,memcheck,racecheck,synccheck,e2e_unfused for a second call;
 #                  `ncu` (Nsight Compute on one launch of each fused kernel) runs only when
@@ -282,10 +283,11 @@ wanted e2e_unfused && run_e2e all
 # Speed-of-light, occupancy and launch statistics of one launch of each fused kernel at the
 # 1024x1024 shapes (clocks left as they are: --clock-control none), appended to run.log.
 if [ -n "$only" ] && wanted ncu; then
-  for pair in 'joint_attention/fused/1024$:flash_attention_kernel' \
-              'joint_attention/fused_wgmma/1024$:wgmma_attention_kernel' \
-              'groupnorm_silu/fused/1024_c128$:group_norm_onepass_kernel' \
-              'adaln_modulate/fused/1024$:row_norm_kernel' 'euler_step/fused/1024$:cfg_euler_kernel'; do
+  # Benchmark names continue after the shape (/min_time:.../manual_time): end filters with '/'.
+  for pair in 'joint_attention/fused/1024/:flash_attention_kernel' \
+              'joint_attention/fused_wgmma/1024/:wgmma_attention_kernel' \
+              'groupnorm_silu/fused/1024_c128/:group_norm_onepass_kernel' \
+              'adaln_modulate/fused/1024/:row_norm_kernel' 'euler_step/fused/1024/:cfg_euler_kernel'; do
     t=$(limit 60)
     ((t > 0)) || { log "ncu ${pair%%:*} skipped: no time left"; continue; }
     echo "==== ncu ${pair}" >> "$out/run.log"

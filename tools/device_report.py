@@ -70,7 +70,8 @@ def main():
     errors = []
     if bench:
         for b in bench.get("benchmarks", []):
-            name = b["name"].replace("/manual_time", "")
+            # Google Benchmark appends /min_time:... (MinTime) and /manual_time to the name.
+            name = re.sub(r"/(?:min_time:[^/]*|manual_time|real_time)", "", b["name"])
             if b.get("error_occurred"):
                 errors.append(f"{name}: {b.get('error_message', '?')}")
                 continue

@@ -27,7 +27,7 @@ def demangle(names):
 
 def short(name):
     name = re.sub(r"sd3::cuda::(\(anonymous namespace\)::)?", "", name)
-    name = re.sub(r"\(.*$", "", name)  # parameters
+    name = re.sub(r"\([^()]*\)$", "", name)  # parameters (not "(Enum)2" template arguments)
     name = re.sub(r"^void ", "", name)
     return name.replace("__nv_bfloat16", "bf16").replace("__half", "f16")
 

@@ -99,6 +99,11 @@ void set_row_norm_layout(int layout);
 // Lab/test switch for the one-pass kernel's chunk: 8 or 16 16-byte vectors per thread (32 or
 // 64 KB); anything else restores the default (8 where a group's chunks fit, else 16).
 void set_groupnorm_onepass_vecs(int vecs);
+// Lab/test switch: run the one-pass kernel with at most `blocks` resident blocks (never fewer
+// than a group's chunks), so each block takes many tickets; 0 restores the device's capacity.
+void set_groupnorm_onepass_grid(int blocks);
+// How many times the one-pass group-norm kernel has been launched in this process.
+uint64_t groupnorm_onepass_launches();
 // True when group_norm on x (contiguous, 16-byte aligned) takes the one-pass kernel on this
 // device with the default setting.
 bool groupnorm_onepass_possible(const Tensor& x, int64_t groups);

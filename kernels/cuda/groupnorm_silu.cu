@@ -378,6 +378,11 @@ __global__ void __launch_bounds__(kOneThreads, 3)
 // Lab/test switch: the one-pass kernel's chunk (8 or 16 vectors per thread); 0 = 8 where it
 // fits, else 16.
 std::atomic<int> g_onepass_vecs{0};
+// Lab/test switch: at most this many resident blocks (never fewer than a group's chunks, the
+// deadlock bound), so that blocks take many tickets each; 0 = the device's capacity.
+std::atomic<int> g_onepass_grid{0};
+// One-pass launches made (tests check that a call took the one-pass kernel).
+std::atomic<uint64_t> g_onepass_launches{0};
 
 // 1: one pass where the shape allows (default); 2: always two passes. -1: not yet read from
 // SD3_GROUPNORM_PASSES.
@@ -439,7 +444,10 @@ bool try_onepass(T* out, const T* x, int64_t group_elems, int64_t bg, const floa
   int ielems = static_cast<int>(group_elems), ichunks = static_cast<int>(chunks),
       itotal = static_cast<int>(total), iS = static_cast<int>(S);
   void* args[] = {&out, &x, &pp, &ps, &ielems, &ichunks, &itotal, &w, &b, &iS, &C, &G, &eps};
-  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(total, capacity));
+  int64_t blocks = std::min<int64_t>(total, capacity);
+  if (const int cap = g_onepass_grid.load(); cap > 0)
+    blocks = std::min<int64_t>(blocks, std::max<int64_t>(cap, chunks));
+  const unsigned grid = static_cast<unsigned>(blocks);
   const cudaError_t e = cudaLaunchCooperativeKernel(
       reinterpret_cast<const void*>(group_norm_onepass_kernel<T, kVecs, kSilu>), dim3(grid),
       dim3(kOneThreads), args, 0, st);
@@ -449,6 +457,7 @@ bool try_onepass(T* out, const T* x, int64_t group_elems, int64_t bg, const floa
   }
   SD3_CUDA_CHECK(e);
   SD3_LAUNCH_CHECK("group_norm_onepass_kernel");
+  g_onepass_launches.fetch_add(1);
   return true;
 }
 
@@ -529,6 +538,14 @@ Tensor group_norm_impl(const Tensor& x_in, int64_t groups, const Tensor& weight,
 
 void set_groupnorm_passes(int passes) {
   g_passes.store(passes == 1 || passes == 2 ? passes : -1);
+}
+
+void set_groupnorm_onepass_grid(int blocks) {
+  g_onepass_grid.store(blocks > 0 ? blocks : 0);
+}
+
+uint64_t groupnorm_onepass_launches() {
+  return g_onepass_launches.load();
 }
 
 void set_groupnorm_onepass_vecs(int vecs) {

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #ifdef SD3_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/runtime.h"
 #endif
 
@@ -35,6 +36,13 @@ void CudaTest::TearDown() {
                  static_cast<unsigned long long>(seed_), static_cast<unsigned long long>(seed_));
 #ifdef SD3_HAVE_CUDA
   if (cuda_available()) cuda::set_alloc_poison(false);
+  // Every lab switch back to its default, also after a test that threw mid-way.
+  cuda::set_flash_mtiles(0);
+  cuda::set_flash_kernel(cuda::FlashKernel::kDefault);
+  cuda::set_groupnorm_passes(0);
+  cuda::set_groupnorm_onepass_vecs(0);
+  cuda::set_groupnorm_onepass_grid(0);
+  cuda::set_row_norm_layout(0);
 #endif
 }
 

@@ -47,7 +47,8 @@ namespace sd3::cudatest {
   } while (0)
 
 // Fixture for every CUDA test: skips without a GPU, turns allocation poisoning on, seeds a
-// fresh generator (SD3_TEST_SEED reproduces a run) and restores the fusion switches.
+// fresh generator (SD3_TEST_SEED reproduces a run) and restores the fusion switches and the
+// kernels' lab switches (cuda_ops.h) when it ends.
 class CudaTest : public ::testing::Test {
  protected:
   void SetUp() override;

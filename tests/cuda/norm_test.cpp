@@ -36,7 +36,9 @@ TEST_F(CudaNorm, LayerNormAndRmsNorm) {
   for (int layout : {1, 2}) {
     RowNormLayoutScope scope(layout);
     for (DType dt : float_dtypes()) {
-      for (int64_t C : {1, 7, 64, 1536, 2432, 4097, 12288}) {
+      // Widths for every warp-per-row bucket: K = 1 (64), 2 (320 in 16-bit), 4 (1000), 6 (1536),
+      // 12 (2432), 16 (4096 in 16-bit; 500 with scalar accesses), and past it (4097, 12288).
+      for (int64_t C : {1, 7, 64, 320, 500, 1000, 1536, 2432, 4096, 4097, 12288}) {
         SCOPED_TRACE(dname(dt) + " C=" + std::to_string(C) + " layout " + std::to_string(layout));
         // A large mean makes a one-pass E[x^2] - E[x]^2 variance fail.
         Tensor x = randn({3, 77, C}, dt, 1.5f, 3.0f);
@@ -91,46 +93,69 @@ TEST_F(CudaNorm, AdaLnModulateFusedUnfusedAndCpu) {
 // resident: tickets recycled), and the VAE's 1024x1024 GroupNorm
 // inputs at 128 and 256 channels (256 and 512 chunks of 32 KB per group in bf16: the second
 // takes 64 KB chunks).
-class PassesScope {
- public:
-  PassesScope(int passes, int vecs) {
-    cuda::set_groupnorm_passes(passes);
-    cuda::set_groupnorm_onepass_vecs(vecs);
+// The group-norm lab switches for one design (CudaTest's TearDown resets them too).
+struct GroupNormVariant {
+  int passes;  // 1: the one-pass kernel where the shape allows; 2: the two-pass kernels
+  int vecs;    // the one-pass chunk: 8 or 16 vectors per thread (0: by shape)
+  int grid;    // at most this many resident blocks (never below a group's chunks; 0: all)
+  std::string str() const {
+    return " passes " + std::to_string(passes) + " vecs " + std::to_string(vecs) + " grid " +
+           std::to_string(grid);
   }
-  ~PassesScope() {
-    cuda::set_groupnorm_passes(0);
-    cuda::set_groupnorm_onepass_vecs(0);
+};
+class GroupNormScope {
+ public:
+  explicit GroupNormScope(const GroupNormVariant& v) { set(v); }
+  ~GroupNormScope() { set(GroupNormVariant{0, 0, 0}); }
+
+ private:
+  static void set(const GroupNormVariant& v) {
+    cuda::set_groupnorm_passes(v.passes);
+    cuda::set_groupnorm_onepass_vecs(v.vecs);
+    cuda::set_groupnorm_onepass_grid(v.grid);
   }
 };
 
+// Runs f (one group-norm call on x) and checks that it took the one-pass kernel exactly when
+// the variant asks for it and the shape allows it (16-byte vectors along S).
+template <class F>
+void expect_design(const GroupNormVariant& v, const Tensor& x, F&& f) {
+  const uint64_t before = cuda::groupnorm_onepass_launches();
+  f();
+  const bool vectors = (x.numel() / (x.size(0) * x.size(1))) % (16 / dtype_size(x.dtype())) == 0;
+  const uint64_t want = v.passes == 1 && vectors && cuda::groupnorm_onepass_possible(x, 32);
+  EXPECT_EQ(cuda::groupnorm_onepass_launches() - before, want) << "one-pass launches";
+}
+
 TEST_F(CudaNorm, GroupNormAndGroupNormSilu) {
+  // {8, 64, 136, 136}: 256 groups of 3-5 chunks, more tickets than blocks resident on any GPU
+  // (each block takes several); the grid = 3 variant forces that on every shape.
   const std::vector<Shape> shapes = {
       Shape{2, 64, 1, 1},     Shape{1, 64, 7, 9},     Shape{2, 128, 64, 64}, Shape{1, 32, 256, 256},
-      Shape{1, 32, 130, 130}, Shape{1, 64, 136, 136}, Shape{6, 96, 5, 8}};
-  struct Variant {
-    int passes, vecs;  // vecs: the one-pass kernel's chunk, 8 or 16 vectors per thread
-  };
-  for (Variant v : {Variant{1, 8}, Variant{1, 16}, Variant{2, 0}}) {
-    PassesScope ps(v.passes, v.vecs);
-    const std::string variant =
-        " passes " + std::to_string(v.passes) + " vecs " + std::to_string(v.vecs);
+      Shape{1, 32, 130, 130}, Shape{1, 64, 136, 136}, Shape{6, 96, 5, 8},    Shape{8, 64, 136, 136}};
+  for (const GroupNormVariant& v :
+       {GroupNormVariant{1, 8, 0}, GroupNormVariant{1, 16, 0}, GroupNormVariant{1, 0, 3},
+        GroupNormVariant{2, 0, 0}}) {
+    GroupNormScope gs(v);
     for (DType dt : float_dtypes()) {
       for (const Shape& s : shapes) {
-        SCOPED_TRACE(dname(dt) + " " + shape_str(s) + variant);
+        SCOPED_TRACE(dname(dt) + " " + shape_str(s) + v.str());
         const int64_t C = s[1];
         const int64_t n = (C / 32) * s[2] * s[3];
         Tensor x = randn(s, dt, 1.0f, 2.0f);
         Tensor w = randn({C}, dt), b = randn({C}, dt);
-        expect_close(ops::group_norm(gpu(x), 32, gpu(w), gpu(b), 1e-6f),
-                     ops::group_norm(f32(x), 32, f32(w), f32(b), 1e-6f), dt, {0, n, 0},
+        Tensor xg = gpu(x), wg = gpu(w), bg = gpu(b);
+        Tensor out;
+        expect_design(v, xg, [&] { out = ops::group_norm(xg, 32, wg, bg, 1e-6f); });
+        expect_close(out, ops::group_norm(f32(x), 32, f32(w), f32(b), 1e-6f), dt, {0, n, 0},
                      "group_norm");
         Tensor ref = ops::groupnorm_silu(f32(x), 32, f32(w), f32(b), 1e-6f);
-        expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f), ref, dt, {0, n, 0},
-                     "groupnorm_silu fused");
+        expect_design(v, xg, [&] { out = ops::groupnorm_silu(xg, 32, wg, bg, 1e-6f); });
+        expect_close(out, ref, dt, {0, n, 0}, "groupnorm_silu fused");
         Fusion f;
         f.groupnorm = false;
         FusionScope scope(f);
-        expect_close(ops::groupnorm_silu(gpu(x), 32, gpu(w), gpu(b), 1e-6f), ref, dt, {1, n, 0},
+        expect_close(ops::groupnorm_silu(xg, 32, wg, bg, 1e-6f), ref, dt, {1, n, 0},
                      "groupnorm_silu unfused");
       }
     }
@@ -138,9 +163,10 @@ TEST_F(CudaNorm, GroupNormAndGroupNormSilu) {
 }
 
 TEST_F(CudaNorm, GroupNormSiluVaeSizes) {
-  // A GPU with fewer resident blocks than a group's chunks falls back to two passes; a Hopper
-  // part (114-132 SMs x 3 blocks) takes the VAE's 1024x1024 inputs in one pass.
-  if (cuda::device_props(0).major == 9) {
+  // A GPU with fewer resident blocks than a group's chunks falls back to two passes; an H100
+  // or H200 (114-132 SMs x 3 blocks) takes the VAE's 1024x1024 inputs in one pass.
+  const cudaDeviceProp& props = cuda::device_props(0);
+  if (props.major == 9 && props.multiProcessorCount >= 114) {
     for (const Shape& s : {Shape{1, 128, 1024, 1024}, Shape{1, 256, 1024, 1024}}) {
       Tensor e = Tensor::empty(s, DType::BF16, Device::cuda(0));
       EXPECT_TRUE(cuda::groupnorm_onepass_possible(e, 32))

@@ -63,28 +63,31 @@ TEST_F(CudaSanitize, RowNormsSmall) {
 }
 
 // The one-pass kernel with 32 KB and with 64 KB chunks (tickets, cross-block publication,
-// cp.async staging), then the two-pass kernels. bf16 and f32: vectors of 8 and 4.
+// cp.async staging), with the fewest resident blocks the deadlock bound allows (each block
+// then takes many tickets, reusing its shared memory), then the two-pass kernels. bf16 and
+// f32: vectors of 8 and 4.
 TEST_F(CudaSanitize, GroupNormSeveralChunks) {
   struct Variant {
-    int passes, vecs;
+    int passes, vecs, grid;
   };
-  for (Variant v : {Variant{1, 8}, Variant{1, 16}, Variant{2, 0}}) {
+  for (Variant v : {Variant{1, 8, 0}, Variant{1, 16, 0}, Variant{1, 0, 1}, Variant{2, 0, 0}}) {
     cuda::set_groupnorm_passes(v.passes);
     cuda::set_groupnorm_onepass_vecs(v.vecs);
+    cuda::set_groupnorm_onepass_grid(v.grid);
     for (DType dt : {DType::BF16, DType::F32}) {
       SCOPED_TRACE(dname(dt) + " passes " + std::to_string(v.passes) + " vecs " +
-                   std::to_string(v.vecs));
+                   std::to_string(v.vecs) + " grid " + std::to_string(v.grid));
       // 2 x 18496 per group (S a multiple of 8: the vector path): 3 chunks of 32 KB in bf16,
-      // 5 in f32, 2 of 64 KB in bf16, partial last ones.
+      // 5 in f32, 2 of 64 KB in bf16, partial last ones; 32 groups.
       Tensor x = randn({1, 64, 136, 136}, dt, 1.0f, 1.0f);
       Tensor w = randn({64}, dt), b = randn({64}, dt);
       Tensor xg = gpu(x);
-      if (v.passes == 1) {
-        EXPECT_TRUE(cuda::groupnorm_onepass_possible(xg, 32)) << "one pass expected";
-      }
-      expect_close(ops::groupnorm_silu(xg, 32, gpu(w), gpu(b), 1e-6f),
-                   ops::groupnorm_silu(f32(x), 32, f32(w), f32(b), 1e-6f), dt, {0, 36992, 0},
-                   "groupnorm_silu");
+      const uint64_t before = cuda::groupnorm_onepass_launches();
+      Tensor out = ops::groupnorm_silu(xg, 32, gpu(w), gpu(b), 1e-6f);
+      EXPECT_EQ(cuda::groupnorm_onepass_launches() - before, v.passes == 1 ? 1u : 0u)
+          << "one-pass launches";
+      expect_close(out, ops::groupnorm_silu(f32(x), 32, f32(w), f32(b), 1e-6f), dt,
+                   {0, 36992, 0}, "groupnorm_silu");
       Tensor z = randn({1, 32, 130, 130}, dt, 1.0f, 1.0f);  // S = 16900: vectors only in f32
       Tensor wz = randn({32}, dt), bz = randn({32}, dt);
       expect_close(ops::groupnorm_silu(gpu(z), 32, gpu(wz), gpu(bz), 1e-6f),
@@ -97,8 +100,6 @@ TEST_F(CudaSanitize, GroupNormSeveralChunks) {
                    "group_norm");
     }
   }
-  cuda::set_groupnorm_passes(0);
-  cuda::set_groupnorm_onepass_vecs(0);
 }
 
 TEST_F(CudaSanitize, StepsAndLayoutsSmall) {
