@@ -5,6 +5,7 @@
 // unfused composition, and the qk-norm entry point.
 #include <gtest/gtest.h>
 
+#include "cuda/attention_test_util.h"
 #include "cuda/cuda_test_util.h"
 #include "engine/ops.h"
 #ifdef SD3_HAVE_CUDA
@@ -14,13 +15,7 @@
 namespace sd3::cudatest {
 namespace {
 
-ops::AttentionOptions heads(int64_t h) {
-  ops::AttentionOptions o;
-  o.heads = h;
-  return o;
-}
-
-class CudaAttention : public CudaTest {
+class CudaAttention : public AttentionTest {
  protected:
   // Flash attention rounds P to the dtype before P V (k = 1); the reduction runs over the
   // keys (n = Lk) and the head dim. The unfused path also stores S and P: k = 3, and S's
@@ -28,46 +23,20 @@ class CudaAttention : public CudaTest {
   // deviations: extra = 4 u sqrt(D) for it.
   void check(int64_t B, int64_t H, int64_t D, int64_t Lq, int64_t Lk, DType dt,
              const ops::AttentionOptions& opt, bool strided = false) {
-    SCOPED_TRACE(dname(dt) + " B=" + std::to_string(B) + " H=" + std::to_string(H) +
-                 " D=" + std::to_string(D) + " Lq=" + std::to_string(Lq) +
-                 " Lk=" + std::to_string(Lk) + (opt.causal ? " causal" : "") +
-                 (opt.bias.defined() ? " bias" : "") + (strided ? " strided" : ""));
-    Tensor q, k, v, gq, gk, gv;
-    if (strided) {  // q, k, v as column slices of one [B, L, 3 H D] tensor
-      Tensor qkv = randn({B, Lq, 3 * H * D}, dt);
+    SCOPED_TRACE(AttentionCase::name(B, H, D, Lq, Lk, dt, opt, strided));
+    if (strided) {
       ASSERT_EQ(Lq, Lk);
-      Tensor g = gpu(qkv);
-      q = qkv.slice(2, 0, H * D);
-      k = qkv.slice(2, H * D, 2 * H * D);
-      v = qkv.slice(2, 2 * H * D, 3 * H * D);
-      gq = g.slice(2, 0, H * D);
-      gk = g.slice(2, H * D, 2 * H * D);
-      gv = g.slice(2, 2 * H * D, 3 * H * D);
-    } else {
-      q = randn({B, Lq, H * D}, dt);
-      k = randn({B, Lk, H * D}, dt);
-      v = randn({B, Lk, H * D}, dt);
-      gq = gpu(q);
-      gk = gpu(k);
-      gv = gpu(v);
     }
-    ops::AttentionOptions ref_opt = opt;
-    ops::AttentionOptions gpu_opt = opt;
-    if (opt.bias.defined()) {
-      ref_opt.bias = f32(opt.bias);
-      gpu_opt.bias = gpu(opt.bias);
-    }
-    Tensor ref = ops::attention(f32(q), f32(k), f32(v), ref_opt);
+    const AttentionCase c = make_case(B, H, D, Lq, Lk, dt, opt, strided);
+    const Tensor& ref = c.ref;
     const double u = unit_roundoff(dt);
-    expect_close(ops::attention(gq, gk, gv, gpu_opt), ref, dt, {1, Lk + D, 0}, "attention");
-    // The unfused composition reshapes q with Tensor::reshape, which cannot gather a strided
-    // device view (engine/tensor.cpp copies device tensors only when contiguous): contiguous
-    // inputs only.
-    if (strided) return;
+    expect_close(ops::attention(c.gq, c.gk, c.gv, c.gpu_opt), ref, dt, {1, Lk + D, 0}, "attention");
+    // The unfused composition, on strided views too (Tensor::reshape gathers them with
+    // ops::contiguous).
     Fusion f;
     f.attn = false;
     FusionScope scope(f);
-    expect_close(ops::attention(gq, gk, gv, gpu_opt), ref, dt,
+    expect_close(ops::attention(c.gq, c.gk, c.gv, c.gpu_opt), ref, dt,
                  {3, Lk + D, dt == DType::F32 ? 0.0 : 4 * u * std::sqrt(double(D))},
                  "attention unfused");
   }

@@ -7,6 +7,7 @@
 // and the binary carries sm_90a code.
 #include <gtest/gtest.h>
 
+#include "cuda/attention_test_util.h"
 #include "cuda/cuda_test_util.h"
 #include "engine/ops.h"
 #ifdef SD3_HAVE_CUDA
@@ -19,16 +20,10 @@ namespace {
 
 #ifdef SD3_HAVE_CUDA
 
-ops::AttentionOptions heads(int64_t h) {
-  ops::AttentionOptions o;
-  o.heads = h;
-  return o;
-}
-
-class CudaAttentionWgmma : public CudaTest {
+class CudaAttentionWgmma : public AttentionTest {
  protected:
   void SetUp() override {
-    CudaTest::SetUp();
+    AttentionTest::SetUp();
     if (IsSkipped()) return;
     if (!cuda::wgmma_attention_available(0))
       GTEST_SKIP() << "the wgmma attention kernel needs a compute capability 9.0 device and a "
@@ -38,44 +33,21 @@ class CudaAttentionWgmma : public CudaTest {
   }
   void TearDown() override {
     cuda::set_flash_kernel(cuda::FlashKernel::kDefault);
-    CudaTest::TearDown();
+    AttentionTest::TearDown();
   }
 
   // As CudaAttention::check: P is rounded to the dtype before P V (k = 1), reductions over Lk
   // keys and D features.
   void check(int64_t B, int64_t H, int64_t D, int64_t Lq, int64_t Lk, DType dt,
              const ops::AttentionOptions& opt, cuda::FlashKernel expect, bool strided = false) {
-    SCOPED_TRACE(dname(dt) + " B=" + std::to_string(B) + " H=" + std::to_string(H) +
-                 " D=" + std::to_string(D) + " Lq=" + std::to_string(Lq) +
-                 " Lk=" + std::to_string(Lk) + (opt.causal ? " causal" : "") +
-                 (opt.bias.defined() ? " bias" : "") + (strided ? " strided" : ""));
-    Tensor q, k, v, gq, gk, gv;
-    if (strided) {  // q, k, v as column slices of one [B, L, 3 H D] tensor
+    SCOPED_TRACE(AttentionCase::name(B, H, D, Lq, Lk, dt, opt, strided));
+    if (strided) {
       ASSERT_EQ(Lq, Lk);
-      Tensor qkv = randn({B, Lq, 3 * H * D}, dt);
-      Tensor g = gpu(qkv);
-      q = qkv.slice(2, 0, H * D);
-      k = qkv.slice(2, H * D, 2 * H * D);
-      v = qkv.slice(2, 2 * H * D, 3 * H * D);
-      gq = g.slice(2, 0, H * D);
-      gk = g.slice(2, H * D, 2 * H * D);
-      gv = g.slice(2, 2 * H * D, 3 * H * D);
-    } else {
-      q = randn({B, Lq, H * D}, dt);
-      k = randn({B, Lk, H * D}, dt);
-      v = randn({B, Lk, H * D}, dt);
-      gq = gpu(q);
-      gk = gpu(k);
-      gv = gpu(v);
     }
-    ops::AttentionOptions ref_opt = opt, gpu_opt = opt;
-    if (opt.bias.defined()) {
-      ref_opt.bias = f32(opt.bias);
-      gpu_opt.bias = gpu(opt.bias);
-    }
-    EXPECT_EQ(cuda::flash_kernel_for(gq, gpu_opt), expect);
-    Tensor ref = ops::attention(f32(q), f32(k), f32(v), ref_opt);
-    expect_close(ops::attention(gq, gk, gv, gpu_opt), ref, dt, {1, Lk + D, 0}, "attention");
+    const AttentionCase c = make_case(B, H, D, Lq, Lk, dt, opt, strided);
+    EXPECT_EQ(cuda::flash_kernel_for(c.gq, c.gpu_opt), expect);
+    expect_close(ops::attention(c.gq, c.gk, c.gv, c.gpu_opt), c.ref, dt, {1, Lk + D, 0},
+                 "attention");
   }
 };
 
