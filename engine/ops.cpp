@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "engine/op_profile.h"
 #include "kernels/cpu/cpu_ops.h"
 #ifdef SD3_HAVE_CUDA
 #include "kernels/cuda/cuda_ops.h"
@@ -79,15 +80,24 @@ Device common_device(std::initializer_list<const Tensor*> ts, const char* op) {
 
 }  // namespace
 
-// DISPATCH(op, {inputs...}, args...) runs cpu::op or cuda::op for the inputs' device.
+// DISPATCH(op, {inputs...}, args...) runs cpu::op or cuda::op for the inputs' device, timed
+// as `op` when the op profile is on (Note [Op profile]; ops composed of other ops open their
+// own OpScope first, so their parts are not counted apart).
 #ifdef SD3_HAVE_CUDA
-#define DISPATCH(op, inputs, ...)                                   \
-  (common_device(inputs, #op).is_cpu() ? cpu::op(__VA_ARGS__) : cuda::op(__VA_ARGS__))
+#define DISPATCH(op, inputs, ...)                                        \
+  ([&]() -> Tensor {                                                     \
+    const Device dev_ = common_device(inputs, #op);                      \
+    OpScope scope_(#op, dev_);                                           \
+    return dev_.is_cpu() ? cpu::op(__VA_ARGS__) : cuda::op(__VA_ARGS__); \
+  }())
 #else
-#define DISPATCH(op, inputs, ...)                                                      \
-  (common_device(inputs, #op).is_cpu()                                                 \
-       ? cpu::op(__VA_ARGS__)                                                          \
-       : (fail(#op ": ", cuda_unavailable_reason()), Tensor()))
+#define DISPATCH(op, inputs, ...)                                  \
+  ([&]() -> Tensor {                                               \
+    const Device dev_ = common_device(inputs, #op);                \
+    if (!dev_.is_cpu()) fail(#op ": ", cuda_unavailable_reason()); \
+    OpScope scope_(#op, dev_);                                     \
+    return cpu::op(__VA_ARGS__);                                   \
+  }())
 #endif
 #define IN(...) \
   { __VA_ARGS__ }
@@ -136,6 +146,7 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
 }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt) {
+  OpScope scope("attention", q.device());
   if (fusion().attn) return DISPATCH(attention, IN(&q, &k, &v, &opt.bias), q, k, v, opt);
   // Unfused: per head, S = q k^T * scale (+ bias, causal mask), P = softmax(S), O = P v.
   const int64_t B = q.size(0), Lq = q.size(1), Lk = k.size(1), H = opt.heads;
@@ -175,6 +186,7 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
   for (const Tensor& t : xs)
     SD3_CHECK(t.device() == d, "concat: inputs on different devices (", xs[0].str(), " and ",
               t.str(), ")");
+  OpScope scope("concat", d);
 #ifdef SD3_HAVE_CUDA
   return d.is_cpu() ? cpu::concat(xs, dim) : cuda::concat(xs, dim);
 #else
@@ -212,6 +224,7 @@ Tensor embedding(const Tensor& ids, const Tensor& table) {
 }
 
 Tensor adaln_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale_t, float eps) {
+  OpScope scope("adaln_modulate", x.device());
   if (fusion().adaln)
     return DISPATCH(adaln_modulate, IN(&x, &shift, &scale_t), x, shift, scale_t, eps);
   // Unfused: LN(x) * (1 + scale) + shift with [B, C] vectors broadcast over the tokens.
@@ -226,6 +239,7 @@ Tensor gated_add(const Tensor& x, const Tensor& gate, const Tensor& y) {
 
 Tensor groupnorm_silu(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias,
                       float eps) {
+  OpScope scope("groupnorm_silu", x.device());
   if (fusion().groupnorm)
     return DISPATCH(groupnorm_silu, IN(&x, &weight, &bias), x, groups, weight, bias, eps);
   return silu(group_norm(x, groups, weight, bias, eps));
@@ -240,17 +254,20 @@ Tensor unpatchify(const Tensor& x, int64_t h, int64_t w, int64_t p, int64_t c) {
 }
 
 Tensor cfg_combine(const Tensor& cond, const Tensor& uncond, float s) {
+  OpScope scope("cfg_combine", cond.device());
   return axpby(uncond, 1.0f - s, cond, s);
 }
 
 Tensor euler_step(const Tensor& x, const Tensor& denoised, float sigma, float sigma_next) {
   // d = (x - denoised) / sigma; x + d * (sigma_next - sigma)
   const float r = (sigma_next - sigma) / sigma;
+  OpScope scope("euler_step", x.device());
   return axpby(x, 1.0f + r, denoised, -r);
 }
 
 Tensor cfg_euler_step(const Tensor& x, const Tensor& v_cond, const Tensor& v_uncond, float s,
                       float sigma, float sigma_next) {
+  OpScope scope("cfg_euler_step", x.device());
   if (fusion().euler)
     return DISPATCH(cfg_euler_step, IN(&x, &v_cond, &v_uncond), x, v_cond, v_uncond, s, sigma,
                     sigma_next);

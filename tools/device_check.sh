@@ -229,8 +229,8 @@ fi
 
 # ---- full-size generation ------------------------------------------------------------------------
 # STEP E2E: the SD3-medium MMDiT + VAE at 1024x1024 with random weights made in memory, random
-# text conditioning, 4 Euler steps with CFG (batch 2), f16: seconds per step and peak GPU memory
-# (tools/sd3_bench.cpp). Phase e2e runs it with every fusion on, phase e2e_unfused with all of
+# text conditioning, 5 Euler steps with CFG (batch 2), f16: seconds per step, peak GPU memory
+# and an op-by-op profile of one step and one decode (tools/sd3_bench.cpp). Phase e2e runs it with every fusion on, phase e2e_unfused with all of
 # them off (last: the least needed number), so the end-to-end effect of the fused kernels is
 # measured on the same machine. e2e.json holds one JSON object per line.
 run_e2e() {  # run_e2e UNFUSED
@@ -241,8 +241,10 @@ run_e2e() {  # run_e2e UNFUSED
   local t
   t=$(limit 120)
   if ((t > 0)); then
-    timeout "$t" "$e2e" --backend cuda --arch sd3_medium --size 1024 --steps 4 --dtype f16 \
-      --unfused "$1" --json >> "$out/e2e.json" 2>> "$out/run.log" ||
+    # 5 steps: a warm-up, 3 timed, and one more timed op by op (--profile-ops; outside the
+    # timings), plus one op-profiled VAE decode after the timed ones.
+    timeout "$t" "$e2e" --backend cuda --arch sd3_medium --size 1024 --steps 5 --dtype f16 \
+      --unfused "$1" --profile-ops --json >> "$out/e2e.json" 2>> "$out/run.log" ||
       phase_fail "end-to-end generation (--unfused $1)"
     log "STEP E2E (--unfused $1) done: $(tail -1 "$out/e2e.json" 2>/dev/null)"
   else

@@ -152,6 +152,20 @@ def main():
                   f"{r.get('dtype')} | {r.get('step_s_median', float('nan')):.3f} | "
                   f"{r.get('it_per_s', float('nan')):.2f} | {r.get('vae_decode_s') or float('nan'):.3f} | "
                   f"{peak:.1f} |")
+        for r in runs:
+            for key, title, top in (("op_profile_step", "one sampling step", 12),
+                                    ("op_profile_vae", "one VAE decode", 8)):
+                prof = r.get(key)
+                if not prof:
+                    continue
+                total = sum(o["ms"] for o in prof) or float("nan")
+                print(f"\nOp profile, {title} (fusions off: {r.get('unfused') or 'none'}; "
+                      f"{total:.1f} ms in all):\n")
+                print("| op | calls | ms | share |")
+                print("|---|---|---|---|")
+                for o in prof[:top]:
+                    print(f"| {o['op']} | {o['calls']} | {o['ms']:.2f} | "
+                          f"{o['ms'] / total * 100:.1f}% |")
         if len(runs) == 2 and runs[0].get("step_s_median") and runs[1].get("step_s_median"):
             print(f"\nAll fusions off / on, seconds per step: "
                   f"{runs[1]['step_s_median'] / runs[0]['step_s_median']:.2f}x")

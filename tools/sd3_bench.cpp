@@ -29,6 +29,7 @@
 
 #include "engine/device.h"
 #include "engine/error.h"
+#include "engine/op_profile.h"
 #include "engine/ops.h"
 #include "models/mmdit.h"
 #include "models/noise.h"
@@ -72,6 +73,9 @@ options:
   --unfused LIST         turn fusions off: adaln,attn,groupnorm,euler or all (as SD3_UNFUSED)
   --threads N            CPU threads (default all cores)
   --seed N               seed of the weights, noise and conditioning (default 0)
+  --profile-ops          time every op of one extra sampling step and one extra VAE decode
+                         (Note [Op profile]): a table per op, also in the JSON; those runs
+                         are left out of the timings above (needs --steps >= 3)
   --json                 print one JSON object on stdout (the table goes to stderr)
   -h, --help             this help
 )";
@@ -106,6 +110,7 @@ struct Args {
   int threads = 0;
   uint64_t seed = 0;
   bool json = false;
+  bool profile_ops = false;
 };
 
 Args parse_args(int argc, char** argv) {
@@ -168,10 +173,15 @@ Args parse_args(int argc, char** argv) {
       a.seed = static_cast<uint64_t>(parse_int(f, value(), 0, INT64_MAX));
     } else if (f == "--json") {
       a.json = true;
+    } else if (f == "--profile-ops") {
+      a.profile_ops = true;
     } else {
       usage_error("unknown option '" + f + "'");
     }
   }
+  if (a.profile_ops && a.steps < 3)
+    usage_error(str_cat("--profile-ops needs --steps >= 3 (a warm-up, a timed step and the "
+                        "profiled one), got ", a.steps));
   if (a.dtype.empty()) a.dtype = a.backend == "cuda" ? "f16" : "f32";
   if (a.vae_runs == 0) a.vae_runs = a.backend == "cuda" ? 2 : 1;
   return a;
@@ -354,15 +364,29 @@ int run(const Args& a) {
   so.cfg_scale = cfg_on ? 5.0f : 1.0f;
   so.total_steps = a.steps;
   std::vector<double> step_s;
+  std::vector<OpStat> step_profile, vae_profile;
+  double profiled_step_s = 0.0;
   if (dev.is_cuda()) reset_peak_memory(DeviceType::CUDA);
   auto t_prev = Clock::now();
   StepCallback on_step = [&](int step, int total, float) {
     device_synchronize(dev);
     const auto now = Clock::now();
-    step_s.push_back(seconds(t_prev, now));
-    t_prev = now;
-    std::fprintf(stderr, "  step %d/%d: %.3f s%s\n", step + 1, total, step_s.back(),
-                 step == 0 ? " (warm-up)" : "");
+    const double dt = seconds(t_prev, now);
+    const bool profiled = a.profile_ops && step == total - 1;
+    if (profiled) {
+      set_op_profile(false);
+      step_profile = read_op_profile();
+      profiled_step_s = dt;
+    } else {
+      step_s.push_back(dt);
+    }
+    std::fprintf(stderr, "  step %d/%d: %.3f s%s\n", step + 1, total, dt,
+                 step == 0 ? " (warm-up)" : profiled ? " (op profile)" : "");
+    if (a.profile_ops && step == total - 2) {  // the last step is the profiled one
+      reset_op_profile();
+      set_op_profile(true);
+    }
+    t_prev = Clock::now();
     return true;
   };
   const Tensor latent = sample(model, x0, sigmas, gi, so, on_step);
@@ -382,6 +406,14 @@ int run(const Args& a) {
       vae_s.push_back(seconds(t0, Clock::now()));
       std::fprintf(stderr, "  VAE decode %d/%d: %.3f s\n", r + 1, a.vae_runs, vae_s.back());
       if (r == a.vae_runs - 1) finite = finite && all_finite(image);
+    }
+    if (a.profile_ops) {  // one more decode, profiled, outside the timings
+      device_synchronize(dev);
+      reset_op_profile();
+      set_op_profile(true);
+      vae.decode(z);
+      set_op_profile(false);
+      vae_profile = read_op_profile();
     }
     if (dev.is_cuda()) mem.peak_vae = memory_stats(DeviceType::CUDA).peak;
   }
@@ -438,6 +470,11 @@ int run(const Args& a) {
   tab << "\n";
   if (!finite)
     tab << "  WARNING       the output has NaN or Inf values: these timings are not valid\n";
+  if (a.profile_ops) {
+    tab << "\n" << op_profile_table(step_profile, str_cat("op profile: one sampling step (",
+                                                            secs(profiled_step_s), " with the profile on)"));
+    if (a.vae) tab << "\n" << op_profile_table(vae_profile, "op profile: one VAE decode");
+  }
 
   if (a.json) {
     std::cerr << tab.str();
@@ -484,6 +521,16 @@ int run(const Args& a) {
     j["peak_device_bytes"] = dev_bytes(mem.peak);
     j["peak_device_sampling_bytes"] = dev_bytes(mem.peak_sampling);
     j["peak_device_vae_bytes"] = dev_bytes(a.vae ? mem.peak_vae : 0);
+    if (a.profile_ops) {
+      const auto ops_json = [](const std::vector<OpStat>& v) {
+        nlohmann::json arr = nlohmann::json::array();
+        for (const OpStat& o : v) arr.push_back({{"op", o.op}, {"calls", o.calls}, {"ms", o.ms}});
+        return arr;
+      };
+      j["profiled_step_s"] = profiled_step_s;
+      j["op_profile_step"] = ops_json(step_profile);
+      if (a.vae) j["op_profile_vae"] = ops_json(vae_profile);
+    }
     std::cout << j.dump() << std::endl;
   } else {
     std::cout << tab.str();

@@ -11,6 +11,7 @@
 // destroyed: tearing it down from static destructors races the driver's own shutdown.
 #include "kernels/cuda/runtime.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #include "engine/error.h"
 #include "kernels/cuda/context.h"
@@ -86,6 +88,10 @@ struct DeviceState {
   std::multimap<size_t, void*> free_blocks;
   std::unordered_map<void*, size_t> live;
   size_t current = 0, peak = 0, reserved = 0;
+
+  std::mutex events_mu;  // the op profile's event pool (Note [Op profile]), reused per reset
+  std::vector<cudaEvent_t> events;
+  size_t next_event = 0;
 };
 
 std::mutex g_states_mu;
@@ -368,6 +374,43 @@ void copy(void* dst, bool dst_is_device, const void* src, bool src_is_device, si
     SD3_CUDA_CHECK(cudaEventSynchronize(sg.done));
     std::memcpy(out + done, sg.host, n);
     done += n;
+  }
+}
+
+int64_t profile_mark(int device) {
+  DeviceState& s = state(device);
+  cudaStream_t st = stream(device);
+  std::lock_guard<std::mutex> lock(s.events_mu);
+  if (s.next_event == s.events.size()) {
+    cudaEvent_t e = nullptr;
+    SD3_CUDA_CHECK(cudaEventCreate(&e));
+    s.events.push_back(e);
+  }
+  SD3_CUDA_CHECK(cudaEventRecord(s.events[s.next_event], st));
+  return static_cast<int64_t>(s.next_event++);
+}
+
+double profile_elapsed_ms(int device, int64_t from, int64_t to) {
+  DeviceState& s = state(device);
+  std::lock_guard<std::mutex> lock(s.events_mu);
+  SD3_CHECK(from >= 0 && to >= 0 && static_cast<size_t>(std::max(from, to)) < s.next_event,
+            "op profile: event slots ", from, " / ", to, " were not recorded on cuda:", device);
+  float ms = 0.0f;
+  SD3_CUDA_CHECK(cudaEventElapsedTime(&ms, s.events[static_cast<size_t>(from)],
+                                      s.events[static_cast<size_t>(to)]));
+  return ms;
+}
+
+void profile_reset_events() {
+  for (int d = 0; d < kMaxDevices; ++d) {
+    DeviceState* s = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(g_states_mu);
+      s = g_states[d];
+    }
+    if (!s) continue;
+    std::lock_guard<std::mutex> lock(s->events_mu);
+    s->next_event = 0;
   }
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "engine/device.h"
@@ -36,6 +37,14 @@ void set_alloc_poison(bool on);
 // pinned staging buffers and returns without waiting for the device; device->host waits.
 void copy(void* dst, bool dst_is_device, const void* src, bool src_is_device, size_t bytes);
 void synchronize(int device);
+
+// The op profile's timestamps (Note [Op profile], engine/op_profile.h): profile_mark records
+// an event on the device's stream and returns its slot; profile_elapsed_ms reads the time
+// between two slots once the device has passed them (synchronize first); profile_reset_events
+// frees every slot for reuse (the events themselves are kept).
+int64_t profile_mark(int device);
+double profile_elapsed_ms(int device, int64_t from, int64_t to);
+void profile_reset_events();
 
 // Statistics summed over all devices: current = bytes in live blocks, peak = the most
 // current ever was since the last reset, reserved = bytes obtained from cudaMalloc.
