@@ -317,19 +317,26 @@ void free(int device, void* p, size_t bytes) {
   s.free_blocks.emplace(block, p);
 }
 
-void empty_cache() {
+// Runs f(device, state) for every device whose state exists.
+template <class F>
+void for_each_state(F&& f) {
   for (int d = 0; d < kMaxDevices; ++d) {
     DeviceState* s = nullptr;
     {
       std::lock_guard<std::mutex> lock(g_states_mu);
       s = g_states[d];
     }
-    if (!s) continue;
-    SD3_CUDA_CHECK(cudaSetDevice(d));
-    SD3_CUDA_CHECK(cudaStreamSynchronize(s->stream));
-    std::lock_guard<std::mutex> lock(s->mu);
-    release_free_blocks(*s);
+    if (s) f(d, *s);
   }
+}
+
+void empty_cache() {
+  for_each_state([](int d, DeviceState& s) {
+    SD3_CUDA_CHECK(cudaSetDevice(d));
+    SD3_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+    std::lock_guard<std::mutex> lock(s.mu);
+    release_free_blocks(s);
+  });
 }
 
 void copy(void* dst, bool dst_is_device, const void* src, bool src_is_device, size_t bytes) {
@@ -402,16 +409,10 @@ double profile_elapsed_ms(int device, int64_t from, int64_t to) {
 }
 
 void profile_reset_events() {
-  for (int d = 0; d < kMaxDevices; ++d) {
-    DeviceState* s = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(g_states_mu);
-      s = g_states[d];
-    }
-    if (!s) continue;
-    std::lock_guard<std::mutex> lock(s->events_mu);
-    s->next_event = 0;
-  }
+  for_each_state([](int, DeviceState& s) {
+    std::lock_guard<std::mutex> lock(s.events_mu);
+    s.next_event = 0;
+  });
 }
 
 void synchronize(int device) {
