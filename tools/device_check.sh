@@ -97,10 +97,12 @@ log "card: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | hea
 prefix="${SD3_DEPS_PREFIX:-/tmp/sd3-deps}"
 cmake_extra=()
 if ls "$root"/.deb/*.deb >/dev/null 2>&1; then
-  if [ ! -f "$prefix/.done" ]; then
+  # Unpacked once per set of packages (the marker holds their names).
+  want="$(cd "$root/.deb" && ls -1 ./*.deb)"
+  if [ "$(cat "$prefix/.done" 2>/dev/null)" != "$want" ]; then
     mkdir -p "$prefix"
     for f in "$root"/.deb/*.deb; do dpkg -x "$f" "$prefix" || phase_fail "dpkg -x $f"; done
-    touch "$prefix/.done"
+    echo "$want" > "$prefix/.done"
   fi
   lib="$prefix/usr/lib/x86_64-linux-gnu"
   export CMAKE_PREFIX_PATH="$prefix/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
