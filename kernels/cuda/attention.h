@@ -21,6 +21,29 @@ struct AttnShape {
   int64_t bias_sb = 0, bias_sh = 0, bias_sq = 0;
 };
 
+// The operands of a flash kernel: q [B, Lq, H*D], k/v [B, Lk, H*D] and the output o
+// [B, Lq, H*D] (contiguous), with q/k/v's element strides per batch (_sb) and per token (_sl).
+struct AttnOperands {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  int64_t q_sb = 0, q_sl = 0, k_sb = 0, k_sl = 0, v_sb = 0, v_sl = 0;
+};
+inline void set_operands(AttnOperands& p, const Tensor& q, const Tensor& k, const Tensor& v,
+                         Tensor& out) {
+  p.q = q.raw_data();
+  p.k = k.raw_data();
+  p.v = v.raw_data();
+  p.o = out.raw_data();
+  p.q_sb = q.stride(0);
+  p.q_sl = q.stride(1);
+  p.k_sb = k.stride(0);
+  p.k_sl = k.stride(1);
+  p.v_sb = v.stride(0);
+  p.v_sl = v.stride(1);
+}
+
 // Validates q/k/v/bias and fills the shape; returns q, k, v with contiguous features
 // (gathering only when the feature dimension is strided) and the bias contiguous along Lk.
 AttnShape attention_shape(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -29,14 +52,9 @@ AttnShape attention_shape(const Tensor& q, const Tensor& k, const Tensor& v,
 
 // The Hopper warpgroup-MMA flash kernel (joint_attention_wgmma.cu). q/k/v as attention_shape
 // returns them (rows 16-byte aligned), o contiguous [B, Lq, H*D].
-struct WgmmaAttnParams {
-  const void* q = nullptr;
-  const void* k = nullptr;
-  const void* v = nullptr;
-  void* o = nullptr;
-  int64_t q_sb = 0, q_sl = 0, k_sb = 0, k_sl = 0, v_sb = 0, v_sl = 0;  // element strides
-  int B = 0, H = 0, D = 0, Lq = 0, Lk = 0;                             // Lk >= 1
-  float scale_log2 = 0.0f;                                             // scale * log2(e), > 0
+struct WgmmaAttnParams : AttnOperands {
+  int B = 0, H = 0, D = 0, Lq = 0, Lk = 0;  // Lk >= 1
+  float scale_log2 = 0.0f;                  // scale * log2(e), > 0
 };
 
 // True when attention() runs the wgmma kernel for this problem on `device` (Note [Flash kernel

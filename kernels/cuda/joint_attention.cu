@@ -42,18 +42,13 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kBlockN = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 
-struct FlashParams {
-  const void* q;
-  const void* k;
-  const void* v;
-  void* o;
-  int64_t q_sb, q_sl, k_sb, k_sl, v_sb, v_sl;  // element strides: batch, token
-  int Lq, Lk, H;
-  float scale_log2;  // scale * log2(e)
-  float scale;
-  bool causal;
+struct FlashParams : AttnOperands {
+  int Lq = 0, Lk = 0, H = 0;
+  float scale_log2 = 0.0f;  // scale * log2(e)
+  float scale = 0.0f;
+  bool causal = false;
   AnyPtr bias;
-  int64_t bias_sb, bias_sh, bias_sq;
+  int64_t bias_sb = 0, bias_sh = 0, bias_sq = 0;
 };
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
@@ -387,16 +382,7 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   cudaStream_t st = stream_for(q);
   if (use_wgmma_attention(s, q.dtype(), bias.defined(), q.device().index)) {
     WgmmaAttnParams w;
-    w.q = q.raw_data();
-    w.k = k.raw_data();
-    w.v = v.raw_data();
-    w.o = out.raw_data();
-    w.q_sb = q.stride(0);
-    w.q_sl = q.stride(1);
-    w.k_sb = k.stride(0);
-    w.k_sl = k.stride(1);
-    w.v_sb = v.stride(0);
-    w.v_sl = v.stride(1);
+    set_operands(w, q, k, v, out);
     w.B = static_cast<int>(s.B);
     w.H = static_cast<int>(s.H);
     w.D = static_cast<int>(s.D);
@@ -407,16 +393,7 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
     return out;
   }
   FlashParams p{};
-  p.q = q.raw_data();
-  p.k = k.raw_data();
-  p.v = v.raw_data();
-  p.o = out.raw_data();
-  p.q_sb = q.stride(0);
-  p.q_sl = q.stride(1);
-  p.k_sb = k.stride(0);
-  p.k_sl = k.stride(1);
-  p.v_sb = v.stride(0);
-  p.v_sl = v.stride(1);
+  set_operands(p, q, k, v, out);
   p.Lq = static_cast<int>(s.Lq);
   p.Lk = static_cast<int>(s.Lk);
   p.H = static_cast<int>(s.H);
