@@ -161,7 +161,10 @@ class GuidedDenoiser {
 
   bool uses_uncond() const { return use_uncond_; }
 
-  Prediction operator()(const Tensor& x, float sigma) {
+  // velocities_only: the caller folds the guided velocity into a fused update itself
+  // (Stepper::euler), so with CFG and no skip-layer guidance the denoised tensors, which it
+  // would not read, are not computed (7 latent-sized ops per step).
+  Prediction operator()(const Tensor& x, float sigma, bool velocities_only = false) {
     Prediction p;
     const float t = FlowSchedule::timestep(sigma);
     const std::vector<int> no_skip;
@@ -175,6 +178,10 @@ class GuidedDenoiser {
     } else {
       p.v_cond = run(x, t, ctx_cond_, y_cond_, no_skip);
       p.v_uncond = run(x, t, ctx_uncond_, y_uncond_, no_skip);
+    }
+    if (velocities_only && use_uncond_ && !slg_window()) {
+      ++calls_;
+      return p;
     }
     p.denoised_cond = denoise(x, p.v_cond, sigma);
     if (use_uncond_) {
@@ -284,7 +291,7 @@ class Stepper {
   // rounding.
   Tensor euler(const Tensor& x, int i) {
     const float s = sigmas_[i], s_next = sigmas_[i + 1];
-    Prediction p = denoiser_(x, s);
+    Prediction p = denoiser_(x, s, /*velocities_only=*/!trace_);
     record(trace_, x, p);
     if (!trace_ && !p.slg_applied && p.v_uncond.defined())
       return ops::cfg_euler_step(x, p.v_cond, p.v_uncond, opt_.cfg_scale, s, s_next);
