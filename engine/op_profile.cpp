@@ -68,18 +68,20 @@ void reset_op_profile() {
 }
 
 void OpScope::begin(const char* op, Device device) {
-  active_ = true;
-  if (t_depth++ > 0) return;
-  recording_ = true;
-  op_ = op;
-  device_ = device;
+  if (t_depth == 0) {
+    // The start mark comes first: if it throws, the constructor throws and no destructor
+    // runs, so nothing may have been counted yet (the depth would stay raised for good).
 #ifdef SD3_HAVE_CUDA
-  if (device.is_cuda()) {
-    start_ = cuda::profile_mark(device.index);
-    return;
-  }
+    start_ = device.is_cuda() ? cuda::profile_mark(device.index) : now_ns();
+#else
+    start_ = now_ns();
 #endif
-  start_ = now_ns();
+    recording_ = true;
+    op_ = op;
+    device_ = device;
+  }
+  ++t_depth;
+  active_ = true;
 }
 
 void OpScope::end() noexcept {

@@ -8,8 +8,11 @@
 // linear) counts as itself, not as its parts. On the CPU the ops run synchronously and the
 // wall clock times them; on a CUDA device two events are recorded on the device's stream
 // around the op (no synchronisation is added, so the queue keeps running ahead) and read when
-// the profile is. The cost is about two event records per op on the host; the GPU's own time
-// is unchanged. Off, it costs one relaxed atomic load per op.
+// the profile is. The cost is about two event records per op on the host, so the GPU's own
+// time is unchanged while the host keeps ahead of it (the first profiled run also creates the
+// events; sd3-bench's profiled_step_s against its median shows the cost). Off, it costs one
+// relaxed atomic load per op. Read and reset the profile only while no op runs on another
+// thread; op names must outlive the read (string literals).
 #pragma once
 
 #include <atomic>

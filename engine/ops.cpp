@@ -216,6 +216,7 @@ std::vector<Tensor> chunk(const Tensor& x, int64_t n, int64_t dim) {
 }
 
 Tensor permute(const Tensor& x, const std::vector<int64_t>& order) {
+  OpScope scope("permute", x.device());
   return contiguous(x.permute(order));
 }
 

@@ -248,7 +248,10 @@ run_e2e() {  # run_e2e UNFUSED
     timeout "$t" "$e2e" --backend cuda --arch sd3_medium --size 1024 --steps 5 --dtype f16 \
       --unfused "$1" --profile-ops --json >> "$out/e2e.json" 2>> "$out/run.log" ||
       phase_fail "end-to-end generation (--unfused $1)"
-    log "STEP E2E (--unfused $1) done: $(tail -1 "$out/e2e.json" 2>/dev/null)"
+    log "STEP E2E (--unfused $1) done: $(tail -1 "$out/e2e.json" 2>/dev/null | python3 -c \
+      'import json, sys; r = json.load(sys.stdin); print({k: r.get(k) for k in (
+          "step_s_median", "profiled_step_s", "vae_decode_s", "peak_device_bytes",
+          "output_finite")})' 2>/dev/null)"
   else
     log "STEP E2E (--unfused $1) skipped: no time left"
   fi

@@ -159,8 +159,12 @@ def main():
                 if not prof:
                     continue
                 total = sum(o["ms"] for o in prof) or float("nan")
+                step = ""
+                if key == "op_profile_step" and r.get("profiled_step_s"):
+                    step = (f"; the step took {r['profiled_step_s']:.3f} s with the profile on, "
+                            f"{r.get('step_s_median', float('nan')):.3f} s without")
                 print(f"\nOp profile, {title} (fusions off: {r.get('unfused') or 'none'}; "
-                      f"{total:.1f} ms in all):\n")
+                      f"{total:.1f} ms in all{step}):\n")
                 print("| op | calls | ms | share |")
                 print("|---|---|---|---|")
                 for o in prof[:top]:

@@ -73,9 +73,9 @@ options:
   --unfused LIST         turn fusions off: adaln,attn,groupnorm,euler or all (as SD3_UNFUSED)
   --threads N            CPU threads (default all cores)
   --seed N               seed of the weights, noise and conditioning (default 0)
-  --profile-ops          time every op of one extra sampling step and one extra VAE decode
-                         (Note [Op profile]): a table per op, also in the JSON; those runs
-                         are left out of the timings above (needs --steps >= 3)
+  --profile-ops          time every op of the last sampling step and of one extra VAE decode
+                         (Note [Op profile]): a table per op, also in the JSON; both are left
+                         out of the timings above, so --steps counts the profiled step (>= 3)
   --json                 print one JSON object on stdout (the table goes to stderr)
   -h, --help             this help
 )";
@@ -471,8 +471,9 @@ int run(const Args& a) {
   if (!finite)
     tab << "  WARNING       the output has NaN or Inf values: these timings are not valid\n";
   if (a.profile_ops) {
-    tab << "\n" << op_profile_table(step_profile, str_cat("op profile: one sampling step (",
-                                                            secs(profiled_step_s), " with the profile on)"));
+    const std::string title =
+        str_cat("op profile: one sampling step (", secs(profiled_step_s), " with the profile on)");
+    tab << "\n" << op_profile_table(step_profile, title);
     if (a.vae) tab << "\n" << op_profile_table(vae_profile, "op profile: one VAE decode");
   }
 

@@ -317,6 +317,7 @@ void free(int device, void* p, size_t bytes) {
   s.free_blocks.emplace(block, p);
 }
 
+namespace {
 // Runs f(device, state) for every device whose state exists.
 template <class F>
 void for_each_state(F&& f) {
@@ -329,6 +330,7 @@ void for_each_state(F&& f) {
     if (s) f(d, *s);
   }
 }
+}  // namespace
 
 void empty_cache() {
   for_each_state([](int d, DeviceState& s) {

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "engine/op_profile.h"
+
 #ifdef SD3_HAVE_CUDA
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/runtime.h"
@@ -44,6 +46,7 @@ void CudaTest::TearDown() {
   cuda::set_groupnorm_onepass_grid(0);
   cuda::set_row_norm_layout(0);
 #endif
+  set_op_profile(false);
 }
 
 Tensor CudaTest::randn(const Shape& shape, DType dtype, float sigma, float mean) {

@@ -1,5 +1,6 @@
 // The CUDA runtime: caching allocator statistics and reuse, copies in every direction
-// (including transfers larger than one pinned staging buffer), and errors that name the call.
+// (including transfers larger than one pinned staging buffer), errors that name the call, and
+// the op profile's CUDA events.
 #ifdef SD3_HAVE_CUDA
 #include "kernels/cuda/runtime.h"
 #endif
@@ -7,8 +8,10 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <map>
 
 #include "cuda/cuda_test_util.h"
+#include "engine/op_profile.h"
 #include "engine/ops.h"
 
 namespace sd3::cudatest {
@@ -86,6 +89,34 @@ TEST_F(CudaRuntime, LibraryAndKernelErrorsNameTheOp) {
   }
   EXPECT_THROW(ops::add(a, gpu(randn({5}, DType::BF16))), Error);
   EXPECT_THROW(ops::add(a, randn({4, 8}, DType::BF16)), Error);  // cpu + cuda
+}
+
+// The op profile on a device (Note [Op profile]): events around each outermost op, read after
+// a synchronisation, slots reused after a read; a composed op (unfused adaln) counts once.
+TEST_F(CudaRuntime, OpProfileTimesDeviceOpsWithEvents) {
+  const Tensor a = gpu(randn({512, 512}, DType::F16));
+  const Tensor mod = gpu(randn({1, 1024}, DType::F16));
+  reset_op_profile();
+  set_op_profile(true);
+  for (int round = 0; round < 2; ++round) {  // round 2 reuses the slots freed by the first read
+    ops::add(a, a);
+    ops::matmul(a, a);
+    Fusion f;
+    f.adaln = false;
+    FusionScope scope(f);
+    ops::adaln_modulate(a.view({1, 512, 512}), mod.slice(1, 0, 512), mod.slice(1, 512, 1024),
+                        1e-6f);
+    std::map<std::string, OpStat> m;
+    for (const OpStat& s : read_op_profile()) m[s.op] = s;
+    EXPECT_EQ(m.size(), 3u) << "round " << round;
+    for (const char* op : {"add", "matmul", "adaln_modulate"}) {
+      ASSERT_EQ(m.count(op), 1u) << op << ", round " << round;
+      EXPECT_EQ(m.at(op).calls, 1) << op;
+      EXPECT_GT(m.at(op).ms, 0.0) << op;
+    }
+  }
+  set_op_profile(false);
+  reset_op_profile();
 }
 
 }  // namespace

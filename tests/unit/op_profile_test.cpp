@@ -1,6 +1,7 @@
 // The op profile (engine/op_profile.h, Note [Op profile]) on the CPU: off records nothing;
 // on, each outermost op call counts once under its own name, an op composed of others (an
-// unfused adaln_modulate, a concat) as itself only; reset forgets; the table totals.
+// unfused adaln_modulate) as itself only, an op outside DISPATCH (concat) too; a call that
+// throws is counted; reset forgets; the table totals.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -81,11 +82,24 @@ TEST_F(OpProfile, AnOpThatThrowsLeavesTheDepthBalanced) {
   set_op_profile(true);
   Tensor a = Tensor::from_floats({1, 2, 3, 4}, {2, 2});
   Tensor b = Tensor::from_floats({1, 2, 3}, {3});
-  EXPECT_ANY_THROW(ops::add(a, b));  // shapes do not broadcast
+  EXPECT_ANY_THROW(ops::add(a, b));  // shapes do not broadcast: counted, it ran
   ops::add(a, a);                    // must be counted as an outermost call again
   const auto m = by_name(read_op_profile());
   ASSERT_EQ(m.count("add"), 1u);
-  EXPECT_GE(m.at("add").calls, 1);
+  EXPECT_EQ(m.at("add").calls, 2);
+}
+
+// A start mark that throws (a CUDA scope without a usable GPU here; nothing throws in a
+// CPU-only build) must leave nothing counted, so later ops are still outermost.
+TEST_F(OpProfile, AStartMarkThatThrowsLeavesTheDepthBalanced) {
+  set_op_profile(true);
+  try {
+    OpScope s("on_cuda", Device::cuda(0));
+  } catch (const std::exception&) {
+  }
+  Tensor a = Tensor::from_floats({1, 2, 3, 4}, {2, 2});
+  ops::add(a, a);
+  EXPECT_EQ(by_name(read_op_profile()).count("add"), 1u);
 }
 
 }  // namespace
