@@ -32,7 +32,8 @@ extern "C" {
 #define SD3_API
 #endif
 
-#define SD3_API_VERSION 1
+/* 2: sd3_model_options.profile_ops (options structs grew: rebuild against this header). */
+#define SD3_API_VERSION 2
 
 typedef enum sd3_status {
   SD3_OK = 0,
@@ -60,6 +61,9 @@ typedef struct sd3_model_options {
   int no_t5;              /* nonzero: run without T5 (zeros in its place) */
   const char* preset;     /* sampler defaults: "sd3_medium", "sd35_large_turbo", ...; NULL */
   const char* unfused;    /* fusions to turn off: "adaln,attn,groupnorm,euler" or "all"; NULL */
+  int profile_ops;        /* nonzero: time every op of each generation; sd3_last_run_json then
+                             has "ops": [{"op", "calls", "ms"}], the most time first. The
+                             profile is process-wide: one profiled generation at a time. */
 } sd3_model_options;
 
 typedef struct sd3_generate_options {

@@ -62,6 +62,7 @@ runtime:
       --threads N          CPU threads (default: all cores)
       --free-encoders      free the text encoders once the prompt is encoded
       --unfused LIST       turn fused kernels off: adaln,attn,groupnorm,euler or all
+      --profile-ops        time every op of the generation and print where the time went
       --json               print the run summary as JSON on stdout
   -v, --verbose            print the model's components and every warning
   -h, --help               this text
@@ -90,6 +91,7 @@ struct Args {
   std::string output = "output.png";
   std::string backend = "cpu";
   std::string unfused;
+  bool profile_ops = false;
 };
 
 long long parse_int(const std::string& flag, const std::string& v, long long lo, long long hi) {
@@ -206,6 +208,8 @@ Args parse_args(int argc, char** argv) {
       a.free_encoders = true;
     } else if (f == "--unfused") {
       a.unfused = value();
+    } else if (f == "--profile-ops") {
+      a.profile_ops = true;
     } else if (f == "--json") {
       a.json = true;
     } else if (f == "-v" || f == "--verbose") {
@@ -320,6 +324,7 @@ int main(int argc, char** argv) {
   mo.no_t5 = a.no_t5;
   mo.preset = opt(a.preset);
   mo.unfused = opt(a.unfused);
+  mo.profile_ops = a.profile_ops;
 
   std::vector<uint8_t> init_pixels;
   if (!a.init_img.empty()) {
@@ -408,6 +413,17 @@ int main(int argc, char** argv) {
     if (run.value("peak_device_bytes", 0.0) > 0)
       std::fprintf(stderr, ", device %.1f MiB", run.value("peak_device_bytes", 0.0) / (1024.0 * 1024.0));
     std::fputc('\n', stderr);
+    if (run.contains("ops")) {  // --profile-ops: the ops by time, outermost calls only
+      double total = 0;
+      for (const auto& op : run["ops"]) total += op["ms"].get<double>();
+      std::fprintf(stderr, "sd3: op profile (%.1f ms in all):\n", total);
+      for (const auto& op : run["ops"]) {
+        const double ms = op["ms"].get<double>();
+        std::fprintf(stderr, "  %-22s %8lld calls %11.3f ms %6.1f%%\n",
+                     op["op"].get<std::string>().c_str(), op["calls"].get<long long>(), ms,
+                     total > 0 ? 100.0 * ms / total : 0.0);
+      }
+    }
     runs.push_back(run);
   }
   if (a.json) {

@@ -92,6 +92,7 @@ int main(void) {
   CHECK(strstr(sd3_last_error(), "tpu") != NULL, "%s", sd3_last_error());
   mo.backend = "cpu";
   mo.threads = 2;
+  mo.profile_ops = 1;
 
   /* Open and generate. */
   sd3_status st = sd3_model_open(&mo, &model);
@@ -123,6 +124,11 @@ int main(void) {
   CHECK(distinct > 0, "the image is one flat value");
   CHECK(strstr(sd3_last_run_json(model), "\"seed\":1234") != NULL, "%s",
         sd3_last_run_json(model));
+  /* profile_ops: every op of the generation, by name. */
+  CHECK(strstr(sd3_last_run_json(model), "\"ops\":[") != NULL &&
+            strstr(sd3_last_run_json(model), "\"op\":\"linear\"") != NULL &&
+            strstr(sd3_last_run_json(model), "\"op\":\"conv2d\"") != NULL,
+        "no op profile in %s", sd3_last_run_json(model));
 
   /* Same seed, same bytes; another seed, other bytes. */
   st = sd3_generate(model, &go, rgb2, sizeof rgb2, NULL, NULL);

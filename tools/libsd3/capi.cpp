@@ -8,6 +8,7 @@
 #include <string>
 
 #include "engine/device.h"
+#include "engine/op_profile.h"
 #include "engine/ops.h"
 #include "models/image.h"
 #include "models/pipeline.h"
@@ -18,6 +19,7 @@ struct sd3_model {
   std::unique_ptr<Pipeline> pipeline;
   std::string info_json;
   std::string last_run_json;
+  bool profile_ops = false;
 };
 
 namespace {
@@ -142,6 +144,7 @@ sd3_status sd3_model_open(const sd3_model_options* o, sd3_model** out) {
         po.use_t5 = o->no_t5 == 0;
         po.preset = str_or_empty(o->preset);
         sd3::fusion() = sd3::parse_unfused(str_or_empty(o->unfused));
+        m->profile_ops = o->profile_ops != 0;
         m->pipeline = Pipeline::open(po);
         m->info_json = info_json(*m->pipeline);
       },
@@ -196,7 +199,16 @@ sd3_status sd3_generate(sd3_model* model, const sd3_generate_options* o, uint8_t
             return progress(&cp, user) == 0;
           };
         }
+        // Note [Op profile]: on for this generation only, off again however it ends.
+        struct ProfileOff {
+          ~ProfileOff() { sd3::set_op_profile(false); }
+        } profile_off;
+        if (model->profile_ops) {
+          sd3::reset_op_profile();
+          sd3::set_op_profile(true);
+        }
         sd3::models::GenerateResult r = model->pipeline->generate(gp, pf);
+        sd3::set_op_profile(false);
         std::copy(r.image.pixels.begin(), r.image.pixels.end(), rgb);
         const auto& rp = r.params;
         nlohmann::json j;
@@ -224,6 +236,12 @@ sd3_status sd3_generate(sd3_model* model, const sd3_generate_options* o, uint8_t
         j["seconds"] = timings;
         j["peak_host_bytes"] = r.peak_host_bytes;
         j["peak_device_bytes"] = r.peak_device_bytes;
+        if (model->profile_ops) {
+          nlohmann::json ops = nlohmann::json::array();
+          for (const sd3::OpStat& op : sd3::read_op_profile())
+            ops.push_back({{"op", op.op}, {"calls", op.calls}, {"ms", op.ms}});
+          j["ops"] = ops;
+        }
         model->last_run_json = j.dump();
       },
       SD3_ERROR_INVALID_ARGUMENT);
