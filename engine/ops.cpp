@@ -154,8 +154,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
             H, " heads");
   const int64_t D = q.size(2) / H;
   const float sc = opt.scale != 0.0f ? opt.scale : 1.0f / std::sqrt(static_cast<float>(D));
-  // ops::contiguous, not Tensor::reshape: q, k, v may be strided views (slices of a fused qkv
-  // projection) and only the op gathers on the device.
+  // q, k, v may be strided views (slices of a fused qkv projection): gathered first.
   Tensor qh = permute(contiguous(q).view({B, Lq, H, D}), {0, 2, 1, 3});  // [B, H, Lq, D]
   Tensor kt = permute(contiguous(k).view({B, Lk, H, D}), {0, 2, 3, 1});  // [B, H, D, Lk]
   Tensor vh = permute(contiguous(v).view({B, Lk, H, D}), {0, 2, 1, 3});  // [B, H, Lk, D]
