@@ -195,16 +195,6 @@ void run_benchmark(benchmark::State& state, const std::string& name,
   state.counters["batch"] = n;
 }
 
-// Every lab switch of cuda_ops.h back to its default.
-void reset_lab_switches() {
-  sd3::cuda::set_flash_mtiles(0);
-  sd3::cuda::set_flash_kernel(sd3::cuda::FlashKernel::kDefault);
-  sd3::cuda::set_groupnorm_passes(0);
-  sd3::cuda::set_groupnorm_onepass_vecs(0);
-  sd3::cuda::set_groupnorm_onepass_grid(0);
-  sd3::cuda::set_row_norm_layout(0);
-}
-
 // Registers one benchmark: fn runs the op; bytes / flops give the counters. An exception
 // skips this benchmark with its message instead of ending the run (see the top).
 void add(const std::string& name, std::function<void()> fn, double bytes, double flops = 0.0) {
@@ -214,7 +204,7 @@ void add(const std::string& name, std::function<void()> fn, double bytes, double
                                    run_benchmark(state, name, fn, bytes, flops);
                                  } catch (const std::exception& e) {
                                    // A variant that threw may have left its lab switch set.
-                                   reset_lab_switches();
+                                   sd3::cuda::reset_lab_switches();
                                    state.SkipWithError(e.what());
                                  }
                                })

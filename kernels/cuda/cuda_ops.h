@@ -104,6 +104,16 @@ void set_groupnorm_onepass_vecs(int vecs);
 void set_groupnorm_onepass_grid(int blocks);
 // How many times the one-pass group-norm kernel has been launched in this process.
 uint64_t groupnorm_onepass_launches();
+
+// Every lab switch above back to its default (tests' teardown, benchmarks after a failure).
+inline void reset_lab_switches() {
+  set_flash_mtiles(0);
+  set_flash_kernel(FlashKernel::kDefault);
+  set_groupnorm_passes(0);
+  set_groupnorm_onepass_vecs(0);
+  set_groupnorm_onepass_grid(0);
+  set_row_norm_layout(0);
+}
 // True when group_norm on x (contiguous, 16-byte aligned) takes the one-pass kernel on this
 // device with the default setting.
 bool groupnorm_onepass_possible(const Tensor& x, int64_t groups);

@@ -38,13 +38,7 @@ void CudaTest::TearDown() {
                  static_cast<unsigned long long>(seed_), static_cast<unsigned long long>(seed_));
 #ifdef SD3_HAVE_CUDA
   if (cuda_available()) cuda::set_alloc_poison(false);
-  // Every lab switch back to its default, also after a test that threw mid-way.
-  cuda::set_flash_mtiles(0);
-  cuda::set_flash_kernel(cuda::FlashKernel::kDefault);
-  cuda::set_groupnorm_passes(0);
-  cuda::set_groupnorm_onepass_vecs(0);
-  cuda::set_groupnorm_onepass_grid(0);
-  cuda::set_row_norm_layout(0);
+  cuda::reset_lab_switches();  // also after a test that threw mid-way
 #endif
   set_op_profile(false);
 }
